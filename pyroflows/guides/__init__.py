@@ -1,0 +1,20 @@
+"""Flow autoguides: drop-in replacements for Pyro's AutoNormal and AutoIAFNormal."""
+
+from pyroflows.guides.base import AutoFlowGuide, GuideSetupError
+from pyroflows.guides.iaf import AutoIAF
+from pyroflows.guides.registry import (
+    available_guides,
+    get_guide_class,
+    make_guide,
+    register_guide,
+)
+
+__all__ = [
+    "AutoFlowGuide",
+    "AutoIAF",
+    "GuideSetupError",
+    "available_guides",
+    "get_guide_class",
+    "make_guide",
+    "register_guide",
+]

@@ -1,0 +1,235 @@
+"""The base class of every pyroflows autoguide.
+
+A flow guide is a Pyro :class:`~pyro.infer.autoguide.AutoContinuous` guide whose posterior over
+the packed unconstrained latent vector is
+
+    u ~ Normal(0, I)  ->  flow layers  ->  loc + scale * (.)
+
+The flow layers work in standardized coordinates; the last, elementwise affine layer carries the
+posterior location and scale and starts at the model's ``init_loc_fn`` values and ``init_scale``,
+so the guide starts where AutoNormal starts, not at zero.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.distributions.torch_transform import ComposeTransformModule, TransformModule
+from pyro.infer.autoguide import AutoContinuous
+from pyro.infer.autoguide.initialization import init_to_median
+from pyro.params import param_with_module_name
+from torch.distributions import biject_to
+
+from pyroflows.transforms.affine import ElementwiseAffine
+
+__all__ = ["AutoFlowGuide", "GuideSetupError"]
+
+
+class GuideSetupError(RuntimeError):
+    """Raised when a guide cannot discover the model's latent sites, or is used before it has."""
+
+
+def _describe_args(args: tuple, kwargs: dict) -> str:
+    def describe(value: object) -> str:
+        if isinstance(value, torch.Tensor):
+            return f"Tensor{tuple(value.shape)}"
+        return type(value).__name__
+
+    parts = [describe(a) for a in args] + [f"{k}={describe(v)}" for k, v in kwargs.items()]
+    return "(" + ", ".join(parts) + ")"
+
+
+class AutoFlowGuide(AutoContinuous):
+    """Base class: a normalizing flow over the packed unconstrained latents of a model.
+
+    Subclasses implement :meth:`build_flow_layers`. Everything else (initialization, Monte Carlo
+    :meth:`median` and :meth:`quantiles`, device and dtype handling, error messages) lives here.
+
+    Args:
+        model: a Pyro model with continuous latent sites and a fixed structure.
+        init_loc_fn: per-site initialization, as for AutoNormal (default ``init_to_median``).
+        init_scale: initial posterior scale of every unconstrained latent (default 0.1).
+    """
+
+    #: the name under which the guide is registered (set by :func:`register_guide`)
+    registry_name: str = ""
+
+    def __init__(self, model, *, init_loc_fn=init_to_median, init_scale: float = 0.1):
+        if not (isinstance(init_scale, int | float) and init_scale > 0):
+            raise ValueError(f"init_scale must be a positive number, got {init_scale!r}")
+        self.init_scale = float(init_scale)
+        super().__init__(model, init_loc_fn=init_loc_fn)
+        self.flow: ComposeTransformModule | None = None
+
+    # ---- what a subclass provides -------------------------------------------------------------
+
+    def build_flow_layers(self, latent_dim: int) -> Sequence[TransformModule]:
+        """The flow layers applied to standard normal noise, before the final affine layer."""
+        raise NotImplementedError
+
+    def settings(self) -> dict[str, object]:
+        """The guide's hyperparameters, for reports and export."""
+        return {"init_scale": self.init_scale}
+
+    # ---- set-up --------------------------------------------------------------------------------
+
+    def _setup_prototype(self, *args, **kwargs) -> None:
+        self.prototype_trace = None
+        try:
+            super()._setup_prototype(*args, **kwargs)
+        except Exception as error:
+            if self.prototype_trace is None:
+                raise GuideSetupError(
+                    f"{type(self).__name__} runs the model once to find its latent sites, and "
+                    f"the model failed when called with arguments {_describe_args(args, kwargs)}: "
+                    f"{type(error).__name__}: {error}. Call the guide (or fit/SVI) with the same "
+                    "arguments as the model."
+                ) from error
+            self._check_latent_sites()
+            raise
+        self._check_latent_sites()
+        init_loc = self._init_loc()
+        layers = list(self.build_flow_layers(self.latent_dim))
+        initial_scale = math.prod(float(getattr(layer, "initial_scale", 1.0)) for layer in layers)
+        affine = ElementwiseAffine(
+            init_loc, torch.full_like(init_loc, self.init_scale / initial_scale)
+        )
+        self.flow = ComposeTransformModule(layers + [affine]).to(
+            device=init_loc.device, dtype=init_loc.dtype
+        )
+        self._share_parameters_with_param_store()
+
+    def _share_parameters_with_param_store(self) -> None:
+        """Makes the flow and Pyro's param store hold the very same parameter tensors.
+
+        As for Pyro's own autoguides, values already in the param store under this guide's
+        names (from ``pyro.get_param_store().load(...)``, or an earlier guide of the same name)
+        are adopted; without this, the optimizer would update the stored tensors while the guide
+        samples from its own, and training would silently do nothing.
+        """
+        store = pyro.get_param_store()
+        prefix = f"{self._pyro_name}.flow" if self._pyro_name else "flow"
+        for name, value in self.flow.named_parameters():
+            full_name = param_with_module_name(prefix, name)
+            if full_name in store and store[full_name].shape != value.shape:
+                raise ValueError(
+                    f"the param store already holds '{full_name}' with shape "
+                    f"{tuple(store[full_name].shape)}, but this {type(self).__name__} needs "
+                    f"{tuple(value.shape)}: it belongs to another guide of the same name. Call "
+                    "pyro.clear_param_store() or give the guides different names."
+                )
+        pyro.module(prefix, self.flow, update_module_params=True)
+
+    def _check_latent_sites(self) -> None:
+        name = type(self).__name__
+        sites = [site for _, site in self.prototype_trace.iter_stochastic_nodes()]
+        discrete = [site["name"] for site in sites if site["fn"].support.is_discrete]
+        if discrete:
+            raise ValueError(
+                f"{name} handles continuous latent sites only, but the model has discrete latent "
+                f"site(s) {discrete}. Enumerate them out (TraceEnum_ELBO with "
+                f"infer={{'enumerate': 'parallel'}}) and hide them from the guide with "
+                f"poutine.block(model, hide={discrete}), or marginalize them in the model."
+            )
+        if not sites:
+            raise ValueError(
+                f"{name} found no latent sample sites in the model: every pyro.sample is observed "
+                "(or the model samples nothing), so there is no posterior to approximate."
+            )
+        for site in sites:
+            for frame in site["cond_indep_stack"]:
+                full_size = getattr(frame, "full_size", None)
+                if frame.vectorized and full_size is not None and full_size != frame.size:
+                    raise ValueError(
+                        f"{name} cannot fit the local latent site '{site['name']}' inside the "
+                        f"subsampled plate '{frame.name}' ({frame.size} of {full_size}): a "
+                        "joint guide needs every latent at every step. Use a full plate, or an "
+                        "amortized guide for local latents."
+                    )
+
+    def _require_setup(self, what: str, args: tuple = (), kwargs: dict | None = None) -> None:
+        """Sets the guide up from ``args`` if it has not seen the model yet."""
+        if self.flow is not None:
+            return
+        kwargs = kwargs or {}
+        if not args and not kwargs:
+            try:
+                self._setup_prototype()
+            except GuideSetupError as error:
+                raise GuideSetupError(
+                    f"{type(self).__name__}.{what} was called before the guide has seen the "
+                    "model: run the guide (or one SVI step / fit) with the model's arguments "
+                    f"first, or pass them to {what}. ({error.__cause__})"
+                ) from error
+        else:
+            self._setup_prototype(*args, **kwargs)
+
+    # ---- the AutoContinuous interface -----------------------------------------------------------
+
+    def get_base_dist(self) -> dist.Distribution:
+        self._require_setup("get_base_dist")
+        loc = self.flow[-1].loc
+        return dist.Normal(torch.zeros_like(loc), torch.ones_like(loc)).to_event(1)
+
+    def get_transform(self, *args, **kwargs) -> ComposeTransformModule:
+        self._require_setup("get_transform", args, kwargs)
+        return self.flow
+
+    def get_posterior(self, *args, **kwargs) -> dist.TransformedDistribution:
+        self._require_setup("get_posterior", args, kwargs)
+        return dist.TransformedDistribution(self.get_base_dist(), list(self.flow))
+
+    # ---- summaries ---------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample_unconstrained(self, num_samples: int, *args, **kwargs) -> torch.Tensor:
+        """``num_samples`` draws of the packed unconstrained latent vector, shape ``(S, D)``."""
+        self._require_setup("sample_unconstrained", args, kwargs)
+        return self.get_posterior(*args, **kwargs).sample((num_samples,))
+
+    @torch.no_grad()
+    def quantiles(self, quantiles, *args, num_samples: int = 4000, **kwargs) -> dict:
+        """Monte Carlo posterior quantiles of each latent site.
+
+        Quantiles are taken per coordinate of the unconstrained latent and mapped through each
+        site's bijection. For sites whose bijection acts elementwise and monotonically (real,
+        positive, interval supports) these are exactly the constrained marginal quantiles; for
+        simplex or correlation sites they are points of the support, as in Pyro's own guides.
+
+        Example:
+            >>> guide.quantiles([0.05, 0.5, 0.95])["scale"].shape  # doctest: +SKIP
+            torch.Size([3])
+        """
+        self._require_setup("quantiles", args, kwargs)
+        latent = self.sample_unconstrained(num_samples, *args, **kwargs)
+        probs = torch.as_tensor(quantiles, dtype=latent.dtype, device=latent.device).reshape(-1)
+        if bool(((probs < 0) | (probs > 1)).any()):
+            raise ValueError(f"quantiles must lie in [0, 1], got {quantiles}")
+        rows = _sorted_quantiles(latent, probs)
+        result: dict[str, list[torch.Tensor]] = {}
+        for row in rows:
+            for site, unconstrained in self._unpack_latent(row):
+                value = biject_to(site["fn"].support)(unconstrained)
+                result.setdefault(site["name"], []).append(value)
+        return {name: torch.stack(values) for name, values in result.items()}
+
+    @torch.no_grad()
+    def median(self, *args, num_samples: int = 4000, **kwargs) -> dict:
+        """Monte Carlo posterior median of each latent site (see :meth:`quantiles`)."""
+        self._require_setup("median", args, kwargs)
+        quantiles = self.quantiles([0.5], *args, num_samples=num_samples, **kwargs)
+        return {name: value[0] for name, value in quantiles.items()}
+
+
+def _sorted_quantiles(samples: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    """Quantiles along dim 0 by sorting and linear interpolation (no size limit)."""
+    ordered = samples.sort(dim=0).values
+    position = probs * (samples.shape[0] - 1)
+    lower = position.floor().long()
+    upper = position.ceil().long()
+    weight = (position - lower).unsqueeze(-1)
+    return ordered[lower] * (1 - weight) + ordered[upper] * weight

@@ -1,0 +1,162 @@
+"""MADE: the masked autoencoder for distribution estimation (Germain et al. 2015).
+
+A MADE is an MLP whose weight matrices are masked so that output ``i`` depends only on the inputs
+that come before ``i`` in a chosen ordering. It is the conditioner of every autoregressive flow in
+pyroflows: it emits, for each input dimension, ``num_params`` numbers (e.g. a shift and a scale).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = ["MADE", "MaskedLinear", "made_degrees"]
+
+
+class MaskedLinear(nn.Linear):
+    """A linear layer whose weight is multiplied by a fixed 0/1 mask (a buffer)."""
+
+    def __init__(self, in_features: int, out_features: int, mask: torch.Tensor, bias: bool = True):
+        super().__init__(in_features, out_features, bias=bias)
+        if mask.shape != (out_features, in_features):
+            raise ValueError(
+                f"mask has shape {tuple(mask.shape)}, expected {(out_features, in_features)}"
+            )
+        self.register_buffer("mask", mask.to(self.weight.dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight * self.mask, self.bias)
+
+
+def made_degrees(
+    input_dim: int, hidden_dims: Sequence[int], ordering: torch.Tensor
+) -> list[torch.Tensor]:
+    """Degrees of the input units and of each hidden layer.
+
+    The input ``ordering[k]`` is the ``k``-th variable in the autoregressive order and gets degree
+    ``k + 1``. Hidden units cycle through the degrees ``1 .. input_dim - 1``, so every degree is
+    represented when a layer is at least ``input_dim - 1`` wide.
+    """
+    input_degrees = torch.empty(input_dim, dtype=torch.long)
+    input_degrees[ordering] = torch.arange(1, input_dim + 1)
+    degrees = [input_degrees]
+    span = max(1, input_dim - 1)
+    for width in hidden_dims:
+        degrees.append(torch.arange(width) % span + 1)
+    return degrees
+
+
+class MADE(nn.Module):
+    """Masked autoregressive MLP with ``num_params`` outputs per input dimension.
+
+    Output ``[..., p, i]`` depends on ``x[..., j]`` only if ``j`` comes strictly before ``i`` in
+    ``ordering``, and on every entry of ``context``. The output layer (and the optional direct
+    input-to-output connection) starts at zero, so a flow built on a fresh MADE starts as the
+    identity map.
+
+    Args:
+        input_dim: number of autoregressive variables ``D``.
+        hidden_dims: widths of the hidden layers (may be empty).
+        num_params: numbers emitted per variable (2 for a shift and a scale).
+        ordering: a permutation of ``range(D)`` listing the variables in autoregressive order;
+            defaults to ``0, 1, ..., D-1``.
+        context_dim: size of an optional context vector fed, unmasked, to the first layer.
+        skip_connection: add a masked linear map from inputs straight to outputs, so that
+            linear (Gaussian) dependencies are represented exactly.
+        activation: the hidden nonlinearity (default ELU, smooth for HMC with NeuTra).
+
+    Example:
+        >>> made = MADE(3, [16], num_params=2)
+        >>> made(torch.randn(5, 3)).shape
+        torch.Size([5, 2, 3])
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        hidden_dims: Sequence[int],
+        num_params: int = 2,
+        ordering: torch.Tensor | Sequence[int] | None = None,
+        context_dim: int = 0,
+        skip_connection: bool = True,
+        activation: nn.Module | None = None,
+    ):
+        super().__init__()
+        if input_dim < 1:
+            raise ValueError(f"MADE needs input_dim >= 1, got {input_dim}")
+        if num_params < 1:
+            raise ValueError(f"MADE needs num_params >= 1, got {num_params}")
+        if ordering is None:
+            ordering = torch.arange(input_dim)
+        ordering = torch.as_tensor(ordering, dtype=torch.long)
+        if sorted(ordering.tolist()) != list(range(input_dim)):
+            raise ValueError(f"ordering must be a permutation of range({input_dim})")
+        self.input_dim = input_dim
+        self.hidden_dims = list(hidden_dims)
+        self.num_params = num_params
+        self.context_dim = context_dim
+        self.register_buffer("ordering", ordering.clone())
+        self.activation = activation if activation is not None else nn.ELU()
+
+        degrees = made_degrees(input_dim, self.hidden_dims, ordering)
+        output_degrees = degrees[0].repeat(num_params)  # block p holds parameter p of every dim
+        layers = []
+        for d_in, d_out in zip(degrees[:-1], degrees[1:], strict=True):
+            mask = d_out[:, None] >= d_in[None, :]
+            layers.append(MaskedLinear(len(d_in), len(d_out), mask))
+        self.hidden_layers = nn.ModuleList(layers)
+        out_mask = output_degrees[:, None] > degrees[-1][None, :]
+        self.output_layer = MaskedLinear(len(degrees[-1]), num_params * input_dim, out_mask)
+        nn.init.zeros_(self.output_layer.weight)
+        nn.init.zeros_(self.output_layer.bias)
+
+        self.skip_layer: MaskedLinear | None = None
+        if skip_connection and self.hidden_dims:
+            skip_mask = output_degrees[:, None] > degrees[0][None, :]
+            self.skip_layer = MaskedLinear(input_dim, num_params * input_dim, skip_mask, bias=False)
+            nn.init.zeros_(self.skip_layer.weight)
+
+        # The context feeds the first hidden layer and, through a zero-initialized linear map,
+        # every output: the first variable in the ordering sees no hidden unit, yet its
+        # parameters must still depend on the context.
+        self.context_layer: nn.Linear | None = None
+        self.context_output_layer: nn.Linear | None = None
+        if context_dim > 0:
+            if self.hidden_dims:
+                self.context_layer = nn.Linear(context_dim, self.hidden_dims[0], bias=False)
+            self.context_output_layer = nn.Linear(context_dim, num_params * input_dim, bias=False)
+            nn.init.zeros_(self.context_output_layer.weight)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """Returns the parameters, of shape ``x.shape[:-1] + (num_params, input_dim)``."""
+        if x.shape[-1] != self.input_dim:
+            raise ValueError(f"MADE expected inputs of size {self.input_dim}, got {x.shape[-1]}")
+        self._check_context(context)
+        h = x
+        for index, layer in enumerate(self.hidden_layers):
+            h = layer(h)
+            if index == 0 and self.context_layer is not None:
+                h = h + self.context_layer(context)
+            h = self.activation(h)
+        out = self.output_layer(h)
+        if self.skip_layer is not None:
+            out = out + self.skip_layer(x)
+        if self.context_output_layer is not None:
+            out = out + self.context_output_layer(context)
+        return out.unflatten(-1, (self.num_params, self.input_dim))
+
+    def _check_context(self, context: torch.Tensor | None) -> None:
+        if self.context_dim == 0:
+            if context is not None:
+                raise ValueError("this MADE was built with context_dim=0 but got a context")
+            return
+        if context is None:
+            raise ValueError(f"this MADE needs a context of size {self.context_dim}, got None")
+        if context.shape[-1] != self.context_dim:
+            raise ValueError(
+                f"context has size {context.shape[-1]} in its last dimension, "
+                f"expected {self.context_dim}"
+            )

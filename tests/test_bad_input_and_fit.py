@@ -1,0 +1,151 @@
+"""Bad input gets a clear error; fit stops on a non-finite loss without losing state; the
+free-energy report agrees with closed forms."""
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+from pyroflows import AutoIAF, GuideSetupError, NonFiniteLossError, fit, free_energy_report
+from pyroflows.models import linear_regression
+
+
+def test_discrete_latent_site_is_named():
+    def model():
+        pyro.sample("weight", dist.Normal(0.0, 1.0))
+        pyro.sample("cluster", dist.Categorical(torch.ones(3) / 3))
+
+    with pytest.raises(ValueError, match=r"discrete latent site\(s\) \['cluster'\]"):
+        AutoIAF(model)()
+
+
+def test_model_without_latent_sites():
+    def model(data):
+        pyro.sample("obs", dist.Normal(0.0, 1.0), obs=data)
+
+    with pytest.raises(ValueError, match="no latent sample sites"):
+        AutoIAF(model)(torch.tensor(0.5))
+
+
+def test_guide_used_before_it_has_seen_the_model():
+    problem = linear_regression(dim=3)
+    guide = AutoIAF(problem.model)
+    with pytest.raises(GuideSetupError, match="median was called before the guide has seen"):
+        guide.median()
+    with pytest.raises(GuideSetupError, match="get_transform was called before"):
+        guide.get_transform()
+    # with the model's arguments, the same call sets the guide up
+    assert guide.median(*problem.args)["w"].shape == (3,)
+
+
+def test_guide_called_with_the_wrong_arguments():
+    problem = linear_regression(dim=3)
+    guide = AutoIAF(problem.model)
+    with pytest.raises(GuideSetupError, match=r"arguments \(str\)"):
+        guide("not the data")
+
+
+def test_local_latent_in_subsampled_plate_is_refused_by_name():
+    def model(data):
+        with pyro.plate("data", 100, subsample_size=10) as index:
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("obs", dist.Normal(z, 1.0), obs=data[index])
+
+    with pytest.raises(ValueError, match=r"local latent site 'z' inside the subsampled plate"):
+        AutoIAF(model)(torch.randn(100))
+
+
+def test_global_latents_with_a_subsampled_data_plate_are_fine():
+    data = 3.0 + torch.randn(200)
+
+    def model(data):
+        loc = pyro.sample("loc", dist.Normal(0.0, 10.0))
+        with pyro.plate("data", len(data), subsample_size=20) as index:
+            pyro.sample("obs", dist.Normal(loc, 1.0), obs=data[index])
+
+    guide = AutoIAF(model)
+    fit(model, guide, data, steps=800, progress=False, report_samples=None)
+    assert abs(float(guide.median(data)["loc"]) - float(data.mean())) < 0.3
+
+
+def test_bad_guide_arguments():
+    with pytest.raises(ValueError, match="init_scale"):
+        AutoIAF(lambda: None, init_scale=0.0)
+    with pytest.raises(ValueError, match="update"):
+        AutoIAF(lambda: None, update="sigmoid")
+    with pytest.raises(ValueError, match="num_transforms"):
+        AutoIAF(lambda: None, num_transforms=0)
+
+
+def _switchable_model(state):
+    def model():
+        x = pyro.sample("x", dist.Normal(0.0, 1.0))
+        state["calls"] += 1
+        if state["calls"] > state["poison_after"]:
+            pyro.factor("poison", x * float("nan"))
+
+    return model
+
+
+@pytest.mark.parametrize("validation", [False, True])
+def test_nan_loss_names_the_step_and_keeps_the_last_finite_parameters(validation):
+    pyro.enable_validation(validation)
+    state = {"calls": 0, "poison_after": math.inf}
+    model = _switchable_model(state)
+    guide = AutoIAF(model)
+    fit(model, guide, steps=20, progress=False, report_samples=None)
+    before = {k: v.detach().clone() for k, v in guide.state_dict().items()}
+
+    # fit's first step runs the model twice (Pyro's ELBO first guesses the plate nesting), then
+    # once per step: calls 1-5 are steps 1-4, and the sixth call, in step 5, is poisoned
+    state["poison_after"] = state["calls"] + 5
+    message = "a NaN reached a distribution" if validation else "the loss became nan"
+    with pytest.raises(NonFiniteLossError, match=rf"{message}.* at step 5 ") as caught:
+        fit(model, guide, steps=20, progress=False, report_samples=None)
+    pyro.enable_validation(True)
+    error = caught.value
+    assert error.step == 5
+    assert len(error.result.free_energy) == 4
+    assert all(math.isfinite(f) for f in error.result.free_energy)
+    after = guide.state_dict()
+    assert all(bool(torch.isfinite(v).all()) for v in after.values())
+    # four good updates moved the parameters, the poisoned one did not add NaN to them
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_report_of_the_exact_posterior_is_exact():
+    """With q equal to the posterior, log w = log Z for every draw: F = -log Z and gap = 0."""
+    problem = linear_regression(dim=4, dtype=torch.float64)
+    mean, cov = problem.posterior_mean, problem.posterior_cov
+
+    def exact_guide(x, y):
+        pyro.sample("w", dist.MultivariateNormal(mean, cov))
+
+    report = free_energy_report(problem.model, exact_guide, *problem.args, num_samples=500)
+    assert report.free_energy == pytest.approx(-problem.log_evidence, abs=1e-8)
+    assert report.kl_lower_bound == pytest.approx(0.0, abs=1e-8)
+    assert report.ess == pytest.approx(500, rel=1e-6)
+
+    def wide_guide(x, y):  # too wide by 50%: a poorer but still usable guide
+        pyro.sample("w", dist.MultivariateNormal(mean, 2.25 * cov))
+
+    report = free_energy_report(problem.model, wide_guide, *problem.args, num_samples=4000)
+    exact_kl = 0.5 * 4 * (2.25 - 1 - math.log(2.25))  # KL(N(m, 2.25 S) || N(m, S))
+    assert problem.log_evidence + report.free_energy == pytest.approx(exact_kl, abs=0.1)
+    assert 0 < report.kl_lower_bound < exact_kl + 0.05
+    assert abs(report.iw_bound - problem.log_evidence) < 0.05
+
+
+def test_report_flags_a_poor_guide_with_a_high_khat():
+    problem = linear_regression(dim=4, dtype=torch.float64)
+    mean, cov = problem.posterior_mean, problem.posterior_cov
+
+    def narrow_guide(x, y):  # too narrow by a factor 3: heavy-tailed weights
+        pyro.sample("w", dist.MultivariateNormal(mean, cov / 9))
+
+    report = free_energy_report(problem.model, narrow_guide, *problem.args, num_samples=4000)
+    assert report.khat > 0.7 and report.verdict == "unreliable"
+    text = str(report)
+    assert "PSIS k-hat" in text and "unreliable" in text
