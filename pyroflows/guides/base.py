@@ -24,6 +24,7 @@ from pyro.infer.autoguide.initialization import init_to_median
 from pyro.params import param_with_module_name
 from torch.distributions import biject_to
 
+from pyroflows.distributions import FlowDistribution
 from pyroflows.transforms.affine import ElementwiseAffine
 
 __all__ = ["AutoFlowGuide", "GuideSetupError"]
@@ -79,6 +80,13 @@ class AutoFlowGuide(AutoContinuous):
 
     def _setup_prototype(self, *args, **kwargs) -> None:
         self.prototype_trace = None
+        try:
+            self._build_from_model(*args, **kwargs)
+        except Exception:
+            self.prototype_trace = None  # a later call tries again instead of half set up
+            raise
+
+    def _build_from_model(self, *args, **kwargs) -> None:
         try:
             super()._setup_prototype(*args, **kwargs)
         except Exception as error:
@@ -153,7 +161,8 @@ class AutoFlowGuide(AutoContinuous):
 
     def _require_setup(self, what: str, args: tuple = (), kwargs: dict | None = None) -> None:
         """Sets the guide up from ``args`` if it has not seen the model yet."""
-        if self.flow is not None:
+        # prototype_trace is a plain attribute; reading self.flow would cost a pyro.module call
+        if self.prototype_trace is not None:
             return
         kwargs = kwargs or {}
         if not args and not kwargs:
@@ -172,16 +181,17 @@ class AutoFlowGuide(AutoContinuous):
 
     def get_base_dist(self) -> dist.Distribution:
         self._require_setup("get_base_dist")
-        loc = self.flow[-1].loc
-        return dist.Normal(torch.zeros_like(loc), torch.ones_like(loc)).to_event(1)
+        return _standard_normal_like(self.flow[-1].loc)
 
     def get_transform(self, *args, **kwargs) -> ComposeTransformModule:
         self._require_setup("get_transform", args, kwargs)
         return self.flow
 
-    def get_posterior(self, *args, **kwargs) -> dist.TransformedDistribution:
+    def get_posterior(self, *args, **kwargs) -> FlowDistribution:
+        """``FlowDistribution(Normal(0, I), flow)``: log q of its own samples comes for free."""
         self._require_setup("get_posterior", args, kwargs)
-        return dist.TransformedDistribution(self.get_base_dist(), list(self.flow))
+        flow = self.flow  # one attribute access: each one registers the parameters with Pyro
+        return FlowDistribution(_standard_normal_like(flow[-1].loc), list(flow))
 
     # ---- summaries ---------------------------------------------------------------------------
 
@@ -223,6 +233,11 @@ class AutoFlowGuide(AutoContinuous):
         self._require_setup("median", args, kwargs)
         quantiles = self.quantiles([0.5], *args, num_samples=num_samples, **kwargs)
         return {name: value[0] for name, value in quantiles.items()}
+
+
+def _standard_normal_like(loc: torch.Tensor) -> dist.Distribution:
+    zeros = torch.zeros_like(loc, requires_grad=False)
+    return dist.Normal(zeros, torch.ones_like(zeros)).to_event(1)
 
 
 def _sorted_quantiles(samples: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:

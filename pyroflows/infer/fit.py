@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -82,6 +83,12 @@ class NonFiniteLossError(FloatingPointError):
         )
 
 
+def _gradients_are_finite(params) -> bool:
+    """One check for all gradients: a NaN or infinity anywhere makes the total non-finite."""
+    sums = [p.grad.sum() for p in params if p.grad is not None]
+    return not sums or bool(torch.isfinite(torch.stack(sums).sum()))
+
+
 def _zero_captured_grads(trace) -> None:
     zero_grads({site["value"].unconstrained() for site in trace.nodes.values()})
 
@@ -97,7 +104,7 @@ def fit(
     lr_decay: float = 0.1,
     clip_norm: float = 10.0,
     elbo: ELBO | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
     report_samples: int | None = 2000,
     **kwargs,
 ) -> FitResult:
@@ -106,8 +113,8 @@ def fit(
     Adam with elementwise gradient clipping (Pyro's ``ClippedAdam``), ``num_particles``
     vectorized ELBO particles, and an optional learning-rate decay: the learning rate falls
     geometrically from ``lr`` to ``lr * lr_decay`` over ``steps``. A tqdm bar shows the running
-    free energy. After fitting, ``report_samples`` fresh draws give the free-energy report
-    (``None`` skips it).
+    free energy (by default only when stderr is a terminal). After fitting, ``report_samples``
+    fresh draws give the free-energy report (``None`` skips it).
 
     ``*args`` and ``**kwargs`` are passed to the model and guide, so the keyword names above
     cannot be model keywords.
@@ -138,6 +145,8 @@ def fit(
         "num_particles": elbo.num_particles,
         "elbo": type(elbo).__name__,
     }
+    if progress is None:
+        progress = sys.stderr.isatty()
     optim = ClippedAdam({"lr": lr, "lrd": lr_decay ** (1.0 / steps), "clip_norm": clip_norm})
     history: list[float] = []
     bar = tqdm(range(1, steps + 1), disable=not progress, desc=type(guide).__name__, leave=False)
@@ -167,7 +176,7 @@ def fit(
         problem = None
         if not math.isfinite(loss):
             problem = f"the loss became {loss}"
-        elif not all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in params):
+        elif not _gradients_are_finite(params):
             problem = "a gradient became non-finite"
         if problem is not None:
             zero_grads(params)

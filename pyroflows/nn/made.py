@@ -108,27 +108,23 @@ class MADE(nn.Module):
             mask = d_out[:, None] >= d_in[None, :]
             layers.append(MaskedLinear(len(d_in), len(d_out), mask))
         self.hidden_layers = nn.ModuleList(layers)
-        out_mask = output_degrees[:, None] > degrees[-1][None, :]
-        self.output_layer = MaskedLinear(len(degrees[-1]), num_params * input_dim, out_mask)
+        self.context_layer: nn.Linear | None = None
+        if context_dim > 0 and self.hidden_dims:
+            self.context_layer = nn.Linear(context_dim, self.hidden_dims[0], bias=False)
+
+        # One output layer reads [last hidden layer, inputs (the skip connection), context]:
+        # the skip path represents linear (Gaussian) dependencies exactly, and the context path
+        # reaches the first variable in the ordering, which sees no hidden unit.
+        self.skip_connection = bool(skip_connection and self.hidden_dims)
+        blocks = [output_degrees[:, None] > degrees[-1][None, :]]
+        if self.skip_connection:
+            blocks.append(output_degrees[:, None] > degrees[0][None, :])
+        if context_dim > 0:
+            blocks.append(torch.ones(len(output_degrees), context_dim, dtype=torch.bool))
+        out_mask = torch.cat(blocks, dim=1)
+        self.output_layer = MaskedLinear(out_mask.shape[1], num_params * input_dim, out_mask)
         nn.init.zeros_(self.output_layer.weight)
         nn.init.zeros_(self.output_layer.bias)
-
-        self.skip_layer: MaskedLinear | None = None
-        if skip_connection and self.hidden_dims:
-            skip_mask = output_degrees[:, None] > degrees[0][None, :]
-            self.skip_layer = MaskedLinear(input_dim, num_params * input_dim, skip_mask, bias=False)
-            nn.init.zeros_(self.skip_layer.weight)
-
-        # The context feeds the first hidden layer and, through a zero-initialized linear map,
-        # every output: the first variable in the ordering sees no hidden unit, yet its
-        # parameters must still depend on the context.
-        self.context_layer: nn.Linear | None = None
-        self.context_output_layer: nn.Linear | None = None
-        if context_dim > 0:
-            if self.hidden_dims:
-                self.context_layer = nn.Linear(context_dim, self.hidden_dims[0], bias=False)
-            self.context_output_layer = nn.Linear(context_dim, num_params * input_dim, bias=False)
-            nn.init.zeros_(self.context_output_layer.weight)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """Returns the parameters, of shape ``x.shape[:-1] + (num_params, input_dim)``."""
@@ -141,11 +137,13 @@ class MADE(nn.Module):
             if index == 0 and self.context_layer is not None:
                 h = h + self.context_layer(context)
             h = self.activation(h)
+        parts = [h, x] if self.skip_connection else [h]
+        if context is not None:
+            parts.append(context)
+        if len(parts) > 1:
+            batch_shape = torch.broadcast_shapes(*(p.shape[:-1] for p in parts))
+            h = torch.cat([p.expand(batch_shape + p.shape[-1:]) for p in parts], dim=-1)
         out = self.output_layer(h)
-        if self.skip_layer is not None:
-            out = out + self.skip_layer(x)
-        if self.context_output_layer is not None:
-            out = out + self.context_output_layer(context)
         return out.unflatten(-1, (self.num_params, self.input_dim))
 
     def _check_context(self, context: torch.Tensor | None) -> None:
