@@ -4,7 +4,8 @@ For each model (conjugate linear regression: log Z in closed form; banana and fu
 by construction) and each guide pair at the same depth and hidden sizes, it fits both with the
 same optimizer, steps and particles, then reports
 
-* ms per SVI step (``pyroflows.fit``'s loop for both guides, one thread),
+* ms per SVI step: both guides in one process, alternating 50-step blocks of
+  ``pyroflows.fit``'s loop, median block (one thread),
 * KL(q || p) = log Z - ELBO after equal steps (ELBO from fresh draws, with its standard error),
 * the importance-weighted gap and PSIS k-hat,
 * posterior samples per second (``guide.get_posterior().sample``),
@@ -132,6 +133,55 @@ def run_one(config: dict) -> dict:
     }
 
 
+def time_pair(config: dict) -> dict[str, float]:
+    """ms per step of both guides of a pair, measured in one process in alternating blocks.
+
+    Machine load drifts; alternating short blocks and taking each guide's median block makes
+    the ratio between the two guides robust to it.
+    """
+    import pyro
+    import torch
+
+    from pyroflows import fit
+    from pyroflows.models import builtin_models
+
+    logging.getLogger("pyro").setLevel(logging.WARNING)
+    torch.set_num_threads(config["threads"])
+    device = torch.device(config["device"])
+    problem = builtin_models()[config["model"]]()
+    args = tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in problem.args)
+    if config["model"] != "linreg":
+        torch.set_default_device(device)
+    hidden = [config["hidden"] or 3 * problem.latent_dim + 1]
+    pyro.clear_param_store()
+    guides = {}
+    for label in config["guides"]:
+        guides[label] = build_guide(label, problem.model, config["depth"], hidden)
+    timings: dict[str, list[float]] = {label: [] for label in guides}
+
+    def run_block(label: str, steps: int) -> float:
+        start = time.perf_counter()
+        fit(
+            problem.model,
+            guides[label],
+            *args,
+            steps=steps,
+            num_particles=config["particles"],
+            progress=False,
+            report_samples=None,
+        )
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return 1000.0 * (time.perf_counter() - start) / steps
+
+    for label in guides:
+        run_block(label, 20)  # warm-up
+    for _ in range(config["rounds"]):
+        for label in guides:
+            timings[label].append(run_block(label, config["block"]))
+    return {label: statistics.median(values) for label, values in timings.items()}
+
+
 def summarize(runs: list[dict]) -> list[dict]:
     """Averages over seeds; one row per (model, guide)."""
     rows = {}
@@ -195,6 +245,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--lr-decay", type=float, default=0.1, help="final lr / lr (fit's default)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--timing-rounds", type=int, default=10, help="alternating 50-step blocks per guide"
+    )
     parser.add_argument("--report-samples", type=int, default=10000)
     parser.add_argument("--sample-batch", type=int, default=10000)
     parser.add_argument("--output", type=Path, default=None)
@@ -233,6 +286,21 @@ def main() -> None:
         )
         runs.append(run)
     table = summarize(runs)
+    for model in options.models:
+        timing_config = {
+            **configs[0],
+            "model": model,
+            "guides": [ours, theirs],
+            "block": 50,
+            "rounds": options.timing_rounds,
+        }
+        with context.Pool(1) as pool:
+            paired = pool.apply(time_pair, (timing_config,))
+        for row in table:
+            if row["model"] == model:
+                row["ms_per_step_in_fit"] = row["ms_per_step"]
+                row["ms_per_step"] = paired[row["guide"]]
+        print(f"timing {model}: " + ", ".join(f"{k} {v:.2f} ms/step" for k, v in paired.items()))
     text = format_table(table, ours, theirs)
     print()
     print(

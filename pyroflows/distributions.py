@@ -64,8 +64,12 @@ class FlowDistribution(TorchDistribution):
         return x
 
     def sample(self, sample_shape=_EMPTY) -> torch.Tensor:
+        """Draws without gradients and without computing log q (use ``rsample`` for that)."""
         with torch.no_grad():
-            return self.rsample(sample_shape)
+            x = self.base_dist.sample(sample_shape)
+            for transform in self.transforms:
+                x = transform(x)
+            return x
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         cached = self._cached
