@@ -30,6 +30,7 @@ import multiprocessing
 import platform
 import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -61,12 +62,10 @@ def build_guide(label: str, model, depth: int, hidden: list[int]):
     raise ValueError(label)
 
 
-def run_one(config: dict) -> dict:
-    """Fits one guide on one model (in a fresh process) and measures it."""
-    import pyro
+def prepare(config: dict):
+    """The model of ``config`` on its device: (problem, args, device, hidden widths)."""
     import torch
 
-    from pyroflows import fit
     from pyroflows.models import builtin_models
 
     logging.getLogger("pyro").setLevel(logging.WARNING)
@@ -76,8 +75,19 @@ def run_one(config: dict) -> dict:
     args = tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in problem.args)
     if config["model"] != "linreg":
         torch.set_default_device(device)
+    hidden = [config["hidden"] or 3 * problem.latent_dim + 1]
+    return problem, args, device, hidden
+
+
+def run_one(config: dict) -> dict:
+    """Fits one guide on one model (in a fresh process) and measures it."""
+    import pyro
+    import torch
+
+    from pyroflows import fit
+
+    problem, args, device, hidden = prepare(config)
     dim = problem.latent_dim
-    hidden = [config["hidden"] or 3 * dim + 1]
     # warm up the libraries on a throwaway guide, so memory and time are the guide's own
     warmup = build_guide(config["guide"], problem.model, config["depth"], hidden)
     fit(problem.model, warmup, *args, steps=5, progress=False, report_samples=None)
@@ -143,16 +153,8 @@ def time_pair(config: dict) -> dict[str, float]:
     import torch
 
     from pyroflows import fit
-    from pyroflows.models import builtin_models
 
-    logging.getLogger("pyro").setLevel(logging.WARNING)
-    torch.set_num_threads(config["threads"])
-    device = torch.device(config["device"])
-    problem = builtin_models()[config["model"]]()
-    args = tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in problem.args)
-    if config["model"] != "linreg":
-        torch.set_default_device(device)
-    hidden = [config["hidden"] or 3 * problem.latent_dim + 1]
+    problem, args, device, hidden = prepare(config)
     pyro.clear_param_store()
     guides = {}
     for label in config["guides"]:
@@ -277,8 +279,8 @@ def main() -> None:
     context = multiprocessing.get_context("spawn")
     runs = []
     for config in configs:
-        with context.Pool(1) as pool:
-            run = pool.apply(run_one, (config,))
+        with ProcessPoolExecutor(1, mp_context=context) as pool:
+            run = pool.submit(run_one, config).result()
         print(
             f"{run['model']:8} {run['guide']:14} seed {run['seed']}: KL {run['kl']:.3f} "
             f"± {run['kl_se']:.3f}, {run['ms_per_step']:.2f} ms/step",
@@ -294,8 +296,8 @@ def main() -> None:
             "block": 50,
             "rounds": options.timing_rounds,
         }
-        with context.Pool(1) as pool:
-            paired = pool.apply(time_pair, (timing_config,))
+        with ProcessPoolExecutor(1, mp_context=context) as pool:
+            paired = pool.submit(time_pair, timing_config).result()
         for row in table:
             if row["model"] == model:
                 row["ms_per_step_in_fit"] = row["ms_per_step"]
