@@ -11,6 +11,7 @@ from pyroflows.diagnostics import FreeEnergyReport, free_energy_report
 from pyroflows.guides import (
     AutoFlowGuide,
     AutoIAF,
+    AutoPlanar,
     GuideSetupError,
     available_guides,
     make_guide,
@@ -23,6 +24,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AutoFlowGuide",
     "AutoIAF",
+    "AutoPlanar",
     "FitResult",
     "FreeEnergyReport",
     "GuideSetupError",

@@ -2,6 +2,7 @@
 
 from pyroflows.guides.base import AutoFlowGuide, GuideSetupError
 from pyroflows.guides.iaf import AutoIAF
+from pyroflows.guides.planar import AutoPlanar
 from pyroflows.guides.registry import (
     available_guides,
     get_guide_class,
@@ -12,6 +13,7 @@ from pyroflows.guides.registry import (
 __all__ = [
     "AutoFlowGuide",
     "AutoIAF",
+    "AutoPlanar",
     "GuideSetupError",
     "available_guides",
     "get_guide_class",
