@@ -11,6 +11,7 @@ from pyroflows.diagnostics import FreeEnergyReport, free_energy_report
 from pyroflows.guides import (
     AutoFlowGuide,
     AutoIAF,
+    AutoNAF,
     AutoPlanar,
     GuideSetupError,
     available_guides,
@@ -24,6 +25,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AutoFlowGuide",
     "AutoIAF",
+    "AutoNAF",
     "AutoPlanar",
     "FitResult",
     "FreeEnergyReport",

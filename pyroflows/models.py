@@ -8,6 +8,7 @@ so that ``KL(q || p) = log Z - ELBO`` can be measured exactly.
 * :func:`banana`: a curved two-dimensional density written as a model (normalized by
   construction, ``log Z = 0``).
 * :func:`funnel`: Neal's funnel, normalized by construction (``log Z = 0``).
+* :func:`gaussian_mixture`: two well-separated modes, normalized by construction.
 """
 
 from __future__ import annotations
@@ -19,7 +20,14 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-__all__ = ["KnownEvidenceModel", "banana", "builtin_models", "funnel", "linear_regression"]
+__all__ = [
+    "KnownEvidenceModel",
+    "banana",
+    "builtin_models",
+    "funnel",
+    "gaussian_mixture",
+    "linear_regression",
+]
 
 
 @dataclass
@@ -134,6 +142,36 @@ def funnel(dim: int = 5, log_scale_sd: float = 1.5) -> KnownEvidenceModel:
     )
 
 
+def gaussian_mixture(separation: float = 4.0, scale: float = 0.5) -> KnownEvidenceModel:
+    """An equal mixture of two 2-D Gaussians at ``(±separation / 2, 0)``, written as a model
+    (a broad Normal site plus a factor), normalized by construction: ``log Z = 0``. A
+    single-mode guide loses ``log 2`` nats here."""
+    centers = torch.tensor([[-separation / 2, 0.0], [separation / 2, 0.0]])
+    mixture = dist.MixtureSameFamily(
+        dist.Categorical(torch.tensor([0.5, 0.5])), dist.Normal(centers, scale).to_event(1)
+    )
+    reference_scale = separation + 3 * scale
+
+    def mixture_model() -> None:
+        reference = dist.Normal(torch.zeros(2), reference_scale).to_event(1)
+        z = pyro.sample("z", reference)
+        pyro.factor("mixture", mixture.log_prob(z) - reference.log_prob(z))
+
+    return KnownEvidenceModel(
+        name="bimodal",
+        model=mixture_model,
+        args=(),
+        log_evidence=0.0,
+        latent_dim=2,
+        description=f"equal mixture of N((±{separation / 2:g}, 0), {scale}^2 I)",
+    )
+
+
 def builtin_models() -> dict[str, Callable[[], KnownEvidenceModel]]:
     """Name -> builder of every built-in model."""
-    return {"linreg": linear_regression, "banana": banana, "funnel": funnel}
+    return {
+        "linreg": linear_regression,
+        "banana": banana,
+        "funnel": funnel,
+        "bimodal": gaussian_mixture,
+    }

@@ -43,7 +43,7 @@ def test_guide_used_before_it_has_seen_the_model():
 def test_guide_called_with_the_wrong_arguments():
     problem = linear_regression(dim=3)
     guide = AutoIAF(problem.model)
-    with pytest.raises(GuideSetupError, match=r"arguments \(str\)"):
+    with pytest.raises(GuideSetupError, match=r"arguments \(str\), failed"):
         guide("not the data")
 
 

@@ -26,7 +26,7 @@ from pyroflows import available_guides, make_guide
 CONTROL = "pyro-diagonal"
 GUIDE_NAMES = [*available_guides(), CONTROL]
 # small flows keep the suite fast; each guide gets the size keyword it understands
-SMALL = {"iaf": {"num_transforms": 2}, "planar": {"num_transforms": 4}}
+SMALL = {"iaf": {"num_transforms": 2}, "planar": {"num_transforms": 4}, "naf": {"hidden_units": 4}}
 
 
 def build(name, model, **kwargs):

@@ -2,6 +2,7 @@
 
 from pyroflows.guides.base import AutoFlowGuide, GuideSetupError
 from pyroflows.guides.iaf import AutoIAF
+from pyroflows.guides.naf import AutoNAF
 from pyroflows.guides.planar import AutoPlanar
 from pyroflows.guides.registry import (
     available_guides,
@@ -13,6 +14,7 @@ from pyroflows.guides.registry import (
 __all__ = [
     "AutoFlowGuide",
     "AutoIAF",
+    "AutoNAF",
     "AutoPlanar",
     "GuideSetupError",
     "available_guides",

@@ -91,11 +91,12 @@ class AutoFlowGuide(AutoContinuous):
             super()._setup_prototype(*args, **kwargs)
         except Exception as error:
             if self.prototype_trace is None:
+                first_line = str(error).splitlines()[0] if str(error) else ""
                 raise GuideSetupError(
                     f"{type(self).__name__} runs the model once to find its latent sites, and "
-                    f"the model failed when called with arguments {_describe_args(args, kwargs)}: "
-                    f"{type(error).__name__}: {error}. Call the guide (or fit/SVI) with the same "
-                    "arguments as the model."
+                    f"that run, with arguments {_describe_args(args, kwargs)}, failed: "
+                    f"{type(error).__name__}: {first_line}. If these are not the model's "
+                    "arguments, call the guide (or fit/SVI) with the model's arguments."
                 ) from error
             self._check_latent_sites()
             raise

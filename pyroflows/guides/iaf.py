@@ -5,14 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-import torch
 from pyro.distributions.torch_transform import TransformModule
 from pyro.infer.autoguide.initialization import init_to_median
 
 from pyroflows.guides.base import AutoFlowGuide
 from pyroflows.guides.registry import register_guide
 from pyroflows.transforms.iaf import IAFUpdate, InverseAutoregressiveFlow
-from pyroflows.transforms.permute import Permute
+from pyroflows.transforms.permute import interleave_permutations
 
 __all__ = ["AutoIAF", "default_iaf_hidden_dims"]
 
@@ -88,20 +87,10 @@ class AutoIAF(AutoFlowGuide):
         hidden_dims = (
             default_iaf_hidden_dims(latent_dim) if self.hidden_dims is None else self.hidden_dims
         )
-        generator = torch.Generator().manual_seed(0)
-        layers: list[TransformModule] = []
-        for index in range(self.num_transforms):
-            if index > 0:
-                if self.permutation == "reverse":
-                    layers.append(Permute.reverse(latent_dim))
-                else:
-                    layers.append(Permute.random(latent_dim, generator=generator))
-            layers.append(
-                InverseAutoregressiveFlow(
-                    latent_dim,
-                    hidden_dims,
-                    update=self.update,
-                    skip_connection=self.skip_connection,
-                )
+        layers = [
+            InverseAutoregressiveFlow(
+                latent_dim, hidden_dims, update=self.update, skip_connection=self.skip_connection
             )
-        return layers
+            for _ in range(self.num_transforms)
+        ]
+        return interleave_permutations(layers, latent_dim, self.permutation)

@@ -2,13 +2,16 @@
 
 from pyroflows.transforms.affine import ElementwiseAffine
 from pyroflows.transforms.iaf import IAFUpdate, InverseAutoregressiveFlow
-from pyroflows.transforms.permute import Permute
+from pyroflows.transforms.naf import NeuralAutoregressiveFlow
+from pyroflows.transforms.permute import Permute, interleave_permutations
 from pyroflows.transforms.planar import PlanarFlow
 
 __all__ = [
     "ElementwiseAffine",
     "IAFUpdate",
     "InverseAutoregressiveFlow",
+    "NeuralAutoregressiveFlow",
     "Permute",
     "PlanarFlow",
+    "interleave_permutations",
 ]

@@ -8,7 +8,7 @@ import torch
 from pyro.distributions import constraints
 from pyro.distributions.torch_transform import TransformModule
 
-__all__ = ["Permute"]
+__all__ = ["Permute", "interleave_permutations"]
 
 
 class Permute(TransformModule):
@@ -54,3 +54,22 @@ class Permute(TransformModule):
 
     def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return x.new_zeros(x.shape[:-1])
+
+
+def interleave_permutations(
+    layers: Sequence[TransformModule], dim: int, kind: str = "reverse"
+) -> list[TransformModule]:
+    """``[L1, P, L2, P', L3, ...]``: a fixed permutation (``"reverse"``, or ``"random"`` from a
+    seeded generator, so the same guide is built every time) between consecutive layers."""
+    if kind not in ("reverse", "random"):
+        raise ValueError(f"permutation must be 'reverse' or 'random', got {kind!r}")
+    generator = torch.Generator().manual_seed(0)
+    result: list[TransformModule] = []
+    for index, layer in enumerate(layers):
+        if index > 0:
+            if kind == "reverse":
+                result.append(Permute.reverse(dim))
+            else:
+                result.append(Permute.random(dim, generator=generator))
+        result.append(layer)
+    return result
