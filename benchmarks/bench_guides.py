@@ -36,7 +36,11 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 
 #: (our guide name, Pyro's counterpart) compared at equal depth and width
-PAIRS = {"iaf": ("AutoIAF", "AutoIAFNormal")}
+PAIRS = {
+    "iaf": ("AutoIAF", "AutoIAFNormal"),
+    "planar": ("AutoPlanar", "PyroPlanar"),
+    "naf": ("AutoNAF", "PyroNAF"),
+}
 
 
 def _rss_mib(field: str) -> float:
@@ -50,15 +54,33 @@ def _rss_mib(field: str) -> float:
     return float("nan")
 
 
-def build_guide(label: str, model, depth: int, hidden: list[int]):
-    from pyro.infer.autoguide import AutoIAFNormal
+def build_guide(label: str, model, depth: int, hidden: list[int], width: int = 8):
+    """Our guide or Pyro's counterpart, at the same depth (layers) and hidden sizes.
 
-    from pyroflows import AutoIAF
+    Pyro's planar and NAF guides are ``AutoNormalizingFlow`` with ``iterated`` ``planar`` /
+    ``neural_autoregressive`` layers (DSF with ``width`` sigmoids, as our AutoNAF default).
+    """
+    from functools import partial
+
+    from pyro.distributions.transforms import iterated, neural_autoregressive, planar
+    from pyro.infer.autoguide import AutoIAFNormal, AutoNormalizingFlow
+
+    from pyroflows import AutoIAF, AutoNAF, AutoPlanar
 
     if label == "AutoIAF":
         return AutoIAF(model, num_transforms=depth, hidden_dims=hidden)
     if label == "AutoIAFNormal":
         return AutoIAFNormal(model, hidden_dim=hidden, num_transforms=depth)
+    if label == "AutoPlanar":
+        return AutoPlanar(model, num_transforms=depth)
+    if label == "PyroPlanar":
+        return AutoNormalizingFlow(model, partial(iterated, depth, planar))
+    if label == "AutoNAF":
+        return AutoNAF(model, num_transforms=depth, hidden_dims=hidden, hidden_units=width)
+    if label == "PyroNAF":
+        return AutoNormalizingFlow(
+            model, partial(iterated, depth, neural_autoregressive, hidden_dims=hidden, width=width)
+        )
     raise ValueError(label)
 
 
@@ -241,7 +263,9 @@ def main() -> None:
     parser.add_argument("--pair", choices=sorted(PAIRS), default="iaf")
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--depth", type=int, default=2, help="flow layers, same for both")
+    parser.add_argument(
+        "--depth", type=int, default=None, help="flow layers, same for both (2; planar 16)"
+    )
     parser.add_argument("--hidden", type=int, default=0, help="hidden width (0: 3D+1)")
     parser.add_argument("--particles", type=int, default=4)
     parser.add_argument("--lr", type=float, default=1e-2)
@@ -256,6 +280,8 @@ def main() -> None:
     options = parser.parse_args()
 
     ours, theirs = PAIRS[options.pair]
+    if options.depth is None:
+        options.depth = 16 if options.pair == "planar" else 2
     configs = [
         {
             "model": model,
