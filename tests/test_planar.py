@@ -77,3 +77,12 @@ def test_fresh_layer_is_the_identity():
     z = torch.randn(3, 6)
     assert torch.allclose(layer(z), z, atol=1e-6)
     assert torch.allclose(layer.log_abs_det_jacobian(z, layer(z)), torch.zeros(3), atol=1e-6)
+
+
+def test_gradient_is_finite_at_a_equal_zero():
+    layer = _random_planar()
+    with torch.no_grad():
+        layer.b.zero_()
+    z = torch.zeros(2, 4, dtype=torch.float64)
+    layer.log_abs_det_jacobian(z, layer(z)).sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in layer.parameters())

@@ -72,13 +72,22 @@ class PlanarFlow(TransformModule):
         return u_hat, w_dot_u_hat, c
 
     def _call(self, z: torch.Tensor) -> torch.Tensor:
-        u_hat, _, _ = self._u_hat_and_w_dot_u_hat()
-        return z + u_hat * torch.tanh(z @ self.w + self.b).unsqueeze(-1)
+        u_hat, _, c = self._u_hat_and_w_dot_u_hat()
+        a = z @ self.w + self.b
+        tanh_a = torch.tanh(a)
+        self._cached_log_det_inputs = (z, a, tanh_a, c)
+        return z + u_hat * tanh_a.unsqueeze(-1)
 
     def log_abs_det_jacobian(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        _, _, c = self._u_hat_and_w_dot_u_hat()
-        a = z @ self.w + self.b
-        log_tanh2 = 2.0 * torch.log(torch.tanh(a.abs()))  # -inf at a = 0 is fine for logaddexp
+        cached = getattr(self, "_cached_log_det_inputs", None)
+        if cached is not None and cached[0] is z:
+            _, a, tanh_a, c = cached
+        else:
+            _, _, c = self._u_hat_and_w_dot_u_hat()
+            a = z @ self.w + self.b
+            tanh_a = torch.tanh(a)
+        # clamped so that a = 0 exactly gives a finite value and a zero (not NaN) gradient
+        log_tanh2 = 2.0 * torch.log(tanh_a.abs().clamp_min(torch.finfo(tanh_a.dtype).tiny))
         return torch.logaddexp(log_tanh2, _log_sech2(a) + _log_softplus(c))
 
     def _inverse(self, y: torch.Tensor) -> torch.Tensor:
