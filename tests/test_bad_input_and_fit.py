@@ -108,6 +108,7 @@ def test_nan_loss_names_the_step_and_keeps_the_last_finite_parameters(validation
     error = caught.value
     assert error.step == 5
     assert len(error.result.free_energy) == 4
+    assert error.result.settings["guide"]["num_transforms"] == 2
     assert all(math.isfinite(f) for f in error.result.free_energy)
     after = guide.state_dict()
     assert all(bool(torch.isfinite(v).all()) for v in after.values())

@@ -155,6 +155,7 @@ def fit(
         "num_particles": elbo.num_particles,
         "elbo": type(elbo).__name__,
         "anneal_steps": anneal_steps,
+        "guide": guide.settings() if hasattr(guide, "settings") else type(guide).__name__,
     }
     temperature = {"beta": 1.0}
 
