@@ -8,7 +8,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from pyroflows import AutoIAF, GuideSetupError, NonFiniteLossError, fit, free_energy_report
+from pyroflows import AutoIAF, AutoNAF, GuideSetupError, NonFiniteLossError, fit, free_energy_report
 from pyroflows.models import linear_regression
 
 
@@ -77,6 +77,9 @@ def test_bad_guide_arguments():
         AutoIAF(lambda: None, update="sigmoid")
     with pytest.raises(ValueError, match="num_transforms"):
         AutoIAF(lambda: None, num_transforms=0)
+    for guide_class in (AutoIAF, AutoNAF):  # refused at construction, not at the first call
+        with pytest.raises(ValueError, match="permutation must be"):
+            guide_class(lambda: None, permutation="reversed")
 
 
 def _switchable_model(state):

@@ -59,6 +59,8 @@ class AutoNAF(AutoFlowGuide):
             raise ValueError(f"num_transforms must be at least 1, got {num_transforms}")
         if transformer not in ("dsf", "ddsf"):
             raise ValueError(f"transformer must be 'dsf' or 'ddsf', got {transformer!r}")
+        if permutation not in ("reverse", "random"):
+            raise ValueError(f"permutation must be 'reverse' or 'random', got {permutation!r}")
         self.num_transforms = num_transforms
         self.transformer = transformer
         self.hidden_units = hidden_units
