@@ -1,5 +1,12 @@
-"""Fitting guides: SVI with a free-energy history and report."""
+"""Fitting guides: SVI with a free-energy history and report; importance-sampled log p(x)."""
 
 from pyroflows.infer.fit import FitResult, NonFiniteLossError, fit
+from pyroflows.infer.marginal import ImportanceEstimate, importance_log_likelihood
 
-__all__ = ["FitResult", "NonFiniteLossError", "fit"]
+__all__ = [
+    "FitResult",
+    "ImportanceEstimate",
+    "NonFiniteLossError",
+    "fit",
+    "importance_log_likelihood",
+]

@@ -127,7 +127,8 @@ class NeuralAutoregressiveFlow(TransformModule):
         self._cached_log_det: tuple[torch.Tensor, torch.Tensor] | None = None
         with torch.no_grad():
             zero = torch.zeros(1, input_dim)
-            _, log_slope = self._transform(zero, self._pseudo_params(zero))
+            zero_context = torch.zeros(1, context_dim) if context_dim > 0 else None
+            _, log_slope = self._transform(zero, self._pseudo_params(zero, zero_context))
         self.initial_scale = float(log_slope.mean().exp())
 
     # ---- the transformer -------------------------------------------------------------------
@@ -168,9 +169,15 @@ class NeuralAutoregressiveFlow(TransformModule):
 
     # ---- Transform interface ---------------------------------------------------------------
 
+    def _forward_with_log_det(
+        self, u: torch.Tensor, context: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        z, log_jac = self._transform(u, self._pseudo_params(u, context))
+        return z, log_jac.sum(-1)
+
     def _call(self, u: torch.Tensor) -> torch.Tensor:
-        z, log_jac = self._transform(u, self._pseudo_params(u))
-        self._cached_log_det = (u, log_jac.sum(-1))
+        z, log_det = self._forward_with_log_det(u)
+        self._cached_log_det = (u, log_det)
         return z
 
     def log_abs_det_jacobian(self, u: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

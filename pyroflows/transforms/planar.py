@@ -10,7 +10,7 @@ from pyro.distributions.torch_transform import TransformModule
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["PlanarFlow"]
+__all__ = ["PlanarFlow", "planar_inverse", "planar_log_det", "planar_u_hat"]
 
 # softplus(_SHIFT) = 1, so m(0) = 0 below and a layer with u = 0 is the identity map
 _SHIFT = math.log(math.e - 1.0)
@@ -25,6 +25,49 @@ def _log_sech2(a: torch.Tensor) -> torch.Tensor:
     """``log(1 - tanh(a)^2) = 2 (log 2 - |a| - log(1 + exp(-2|a|)))``."""
     a = a.abs()
     return 2.0 * (math.log(2.0) - a - F.softplus(-2.0 * a))
+
+
+def planar_u_hat(u: torch.Tensor, w: torch.Tensor):
+    """``(û, wᵀû, c)`` with ``wᵀû = -1 + softplus(c)``, batched over leading dimensions."""
+    w_dot_u = (w * u).sum(-1)
+    c = w_dot_u + _SHIFT
+    w_dot_u_hat = F.softplus(c) - 1.0
+    u_hat = u + ((w_dot_u_hat - w_dot_u) / (w * w).sum(-1)).unsqueeze(-1) * w
+    return u_hat, w_dot_u_hat, c
+
+
+def planar_log_det(a: torch.Tensor, tanh_a: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """``log(1 + (1 - tanh² a) wᵀû)`` from ``a = wᵀz + b`` and ``c`` (see :class:`PlanarFlow`)."""
+    # clamped so that a = 0 exactly gives a finite value and a zero (not NaN) gradient
+    log_tanh2 = 2.0 * torch.log(tanh_a.abs().clamp_min(torch.finfo(tanh_a.dtype).tiny))
+    return torch.logaddexp(log_tanh2, _log_sech2(a) + _log_softplus(c))
+
+
+def planar_inverse(
+    y: torch.Tensor,
+    u_hat: torch.Tensor,
+    w_dot_u_hat: torch.Tensor,
+    w: torch.Tensor,
+    b: torch.Tensor,
+) -> torch.Tensor:
+    """Exact inverse of ``z + û tanh(wᵀz + b)``: bracketed bisection on ``α = wᵀz`` (the root
+    lies within ``|wᵀû|`` of ``wᵀy``), then two Newton steps that carry the gradient."""
+    target = (y * w).sum(-1)
+    radius = w_dot_u_hat.abs().detach() + 1e-6
+    low, high = target - radius, target + radius
+    iterations = 60 if y.dtype == torch.float64 else 40
+    with torch.no_grad():
+        for _ in range(iterations):
+            mid = 0.5 * (low + high)
+            above = mid + w_dot_u_hat * torch.tanh(mid + b) > target
+            high = torch.where(above, mid, high)
+            low = torch.where(above, low, mid)
+    alpha = 0.5 * (low + high)
+    for _ in range(2):  # Newton polish, differentiable in y and the parameters
+        t = torch.tanh(alpha + b)
+        residual = alpha + w_dot_u_hat * t - target
+        alpha = alpha - residual / (1.0 + w_dot_u_hat * (1.0 - t * t))
+    return y - u_hat * torch.tanh(alpha + b).unsqueeze(-1)
 
 
 class PlanarFlow(TransformModule):
@@ -65,11 +108,7 @@ class PlanarFlow(TransformModule):
 
     def _u_hat_and_w_dot_u_hat(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns ``(û, wᵀû, c)`` with ``wᵀû = -1 + softplus(c)``."""
-        w_dot_u = self.w @ self.u
-        c = w_dot_u + _SHIFT
-        w_dot_u_hat = F.softplus(c) - 1.0
-        u_hat = self.u + (w_dot_u_hat - w_dot_u) * self.w / (self.w @ self.w)
-        return u_hat, w_dot_u_hat, c
+        return planar_u_hat(self.u, self.w)
 
     def _call(self, z: torch.Tensor) -> torch.Tensor:
         u_hat, _, c = self._u_hat_and_w_dot_u_hat()
@@ -86,25 +125,8 @@ class PlanarFlow(TransformModule):
             _, _, c = self._u_hat_and_w_dot_u_hat()
             a = z @ self.w + self.b
             tanh_a = torch.tanh(a)
-        # clamped so that a = 0 exactly gives a finite value and a zero (not NaN) gradient
-        log_tanh2 = 2.0 * torch.log(tanh_a.abs().clamp_min(torch.finfo(tanh_a.dtype).tiny))
-        return torch.logaddexp(log_tanh2, _log_sech2(a) + _log_softplus(c))
+        return planar_log_det(a, tanh_a, c)
 
     def _inverse(self, y: torch.Tensor) -> torch.Tensor:
         u_hat, w_dot_u_hat, _ = self._u_hat_and_w_dot_u_hat()
-        target = y @ self.w
-        radius = w_dot_u_hat.abs().detach() + 1e-6
-        low, high = target - radius, target + radius
-        iterations = 60 if y.dtype == torch.float64 else 40
-        with torch.no_grad():
-            for _ in range(iterations):
-                mid = 0.5 * (low + high)
-                above = mid + w_dot_u_hat * torch.tanh(mid + self.b) > target
-                high = torch.where(above, mid, high)
-                low = torch.where(above, low, mid)
-        alpha = 0.5 * (low + high)
-        for _ in range(2):  # Newton polish, differentiable in y and the parameters
-            t = torch.tanh(alpha + self.b)
-            residual = alpha + w_dot_u_hat * t - target
-            alpha = alpha - residual / (1.0 + w_dot_u_hat * (1.0 - t * t))
-        return y - u_hat * torch.tanh(alpha + self.b).unsqueeze(-1)
+        return planar_inverse(y, u_hat, w_dot_u_hat, self.w, self.b)
