@@ -40,7 +40,7 @@ from pyroflows.datasets import load_binarized_mnist
 from pyroflows.infer import importance_log_likelihood
 from pyroflows.transforms import Permute
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "binarized_mnist.npz"
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "binarized_mnist.npz"
 POSTERIORS = ("diag", "planar", "iaf", "naf", "pyro-iaf")
 PRIORS = ("normal", "maf")
 
