@@ -79,7 +79,7 @@ def main(argv=None) -> int:
         f"arch {reports[0]['config']['arch']}, {first['epochs']} epochs x {first['train_images']} "
         f"images, latent {reports[0]['config']['latent_dim']}, seed {reports[0]['config']['seed']};"
         f" -ELBO on {first['test_images_elbo']} test images (1 draw each); NLL with "
-        f"K={first['nll_samples']} on the first {first['nll_images']} test images; "
+        f"K={first['nll_samples']} on {first['nll_images']} test images evenly spaced; "
         f"{reports[0]['environment']}"
     )
     header = (f"{'run':16s} {'-ELBO':>8s} {'NLL':>8s} {'NLL-diag':>14s} {'NLL-pyroIAF':>14s}"

@@ -7,7 +7,13 @@ Example:
     >>> print(result)  # free energy, importance-weighted bound, PSIS k-hat
 """
 
-from pyroflows.diagnostics import FreeEnergyReport, free_energy_report
+from pyroflows.diagnostics import (
+    Diagnosis,
+    FreeEnergyReport,
+    diagnose,
+    free_energy_report,
+    to_inference_data,
+)
 from pyroflows.guides import (
     AutoFlowGuide,
     AutoIAF,
@@ -18,7 +24,13 @@ from pyroflows.guides import (
     make_guide,
     register_guide,
 )
-from pyroflows.infer import FitResult, NonFiniteLossError, fit
+from pyroflows.infer import (
+    FitResult,
+    ImportanceEstimate,
+    NonFiniteLossError,
+    fit,
+    importance_log_likelihood,
+)
 
 __version__ = "0.1.0"
 
@@ -27,13 +39,18 @@ __all__ = [
     "AutoIAF",
     "AutoNAF",
     "AutoPlanar",
+    "Diagnosis",
     "FitResult",
     "FreeEnergyReport",
     "GuideSetupError",
+    "ImportanceEstimate",
     "NonFiniteLossError",
     "available_guides",
+    "diagnose",
     "fit",
     "free_energy_report",
+    "importance_log_likelihood",
     "make_guide",
     "register_guide",
+    "to_inference_data",
 ]

@@ -1,5 +1,9 @@
-"""How good is a fitted guide: free energy, importance-weighted bound, PSIS k-hat."""
+"""How good is a fitted guide: free energy, importance-weighted bound, PSIS k-hat, the
+"did it work?" diagnosis, ArviZ export and plots."""
 
+from pyroflows.diagnostics.arviz_export import to_inference_data
+from pyroflows.diagnostics.diagnose import Diagnosis, diagnose
+from pyroflows.diagnostics.draws import PosteriorDraws, draw_posterior
 from pyroflows.diagnostics.free_energy import (
     FreeEnergyReport,
     format_reports,
@@ -7,13 +11,23 @@ from pyroflows.diagnostics.free_energy import (
     importance_log_weights,
     max_plate_nesting,
     pareto_khat,
+    psis_log_weights,
 )
+from pyroflows.diagnostics.plots import plot_free_energy, plot_pair
 
 __all__ = [
+    "Diagnosis",
     "FreeEnergyReport",
+    "PosteriorDraws",
+    "diagnose",
+    "draw_posterior",
     "format_reports",
     "free_energy_report",
     "importance_log_weights",
     "max_plate_nesting",
     "pareto_khat",
+    "plot_free_energy",
+    "plot_pair",
+    "psis_log_weights",
+    "to_inference_data",
 ]

@@ -30,6 +30,7 @@ __all__ = [
     "importance_log_weights",
     "max_plate_nesting",
     "pareto_khat",
+    "psis_log_weights",
 ]
 
 
@@ -77,8 +78,8 @@ def importance_log_weights(
     return torch.cat(chunks)
 
 
-def pareto_khat(log_weights: np.ndarray | torch.Tensor) -> float:
-    """The PSIS k-hat of a vector of log importance weights, computed with ArviZ."""
+def _psislw(log_weights: np.ndarray | torch.Tensor) -> tuple[np.ndarray, float]:
+    """ArviZ's PSIS: smoothed, normalized log weights and k-hat."""
     log_weights = np.asarray(
         log_weights.detach().cpu().double()
         if isinstance(log_weights, torch.Tensor)
@@ -90,12 +91,23 @@ def pareto_khat(log_weights: np.ndarray | torch.Tensor) -> float:
         import arviz
 
         if hasattr(arviz, "psislw"):  # arviz < 1.0
-            _, khat = arviz.psislw(log_weights)
+            smoothed, khat = arviz.psislw(log_weights)
         else:  # arviz >= 1.0 moved the statistics to arviz_stats
             import arviz_stats
 
-            _, khat = arviz_stats.psislw(log_weights)
-    return float(np.asarray(khat))
+            smoothed, khat = arviz_stats.psislw(log_weights)
+    return np.asarray(smoothed), float(np.asarray(khat))
+
+
+def pareto_khat(log_weights: np.ndarray | torch.Tensor) -> float:
+    """The PSIS k-hat of a vector of log importance weights, computed with ArviZ."""
+    return _psislw(log_weights)[1]
+
+
+def psis_log_weights(log_weights: torch.Tensor) -> torch.Tensor:
+    """Pareto-smoothed log importance weights, normalized (``logsumexp = 0``), as a tensor."""
+    smoothed, _ = _psislw(log_weights)
+    return torch.as_tensor(smoothed, dtype=log_weights.dtype, device=log_weights.device)
 
 
 @dataclass(frozen=True)
