@@ -1,4 +1,5 @@
-"""Swap AutoNormal for AutoIAF in an existing Pyro script, and read the free-energy report.
+"""Swap AutoNormal for AutoIAF in an existing Pyro script, read the free-energy report, diagnose
+the fit and export it to ArviZ.
 
 The model is the classic eight-schools hierarchical model (centered), whose posterior over the
 group scale ``tau`` and the school effects has a funnel shape that a diagonal Gaussian misses.
@@ -8,7 +9,9 @@ group scale ``tau`` and the school effects has a funnel shape that a diagonal Ga
 
 import argparse
 import logging
+import warnings
 
+import arviz
 import pyro
 import pyro.distributions as dist
 import torch
@@ -50,6 +53,17 @@ def main() -> None:
     # the fitted guide works with Pyro's tools as any autoguide does
     draws = Predictive(eight_schools, guide=guide, num_samples=1000)(SIGMAS)
     print("posterior predictive sd of obs:", [round(float(s), 1) for s in draws["obs"].std(0)])
+
+    # did it work? PSIS k-hat with Yao et al.'s thresholds, PSIS-corrected moments
+    print(pyroflows.diagnose(guide, eight_schools, SIGMAS, EFFECTS, num_samples=4000))
+    # and the draws in ArviZ, with the plate's dim named and labelled
+    idata = pyroflows.to_inference_data(
+        guide, eight_schools, SIGMAS, EFFECTS, coords={"schools": list("ABCDEFGH")}
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        print(arviz.summary(idata, var_names=["mu", "tau"]))
+        print(arviz.loo(idata))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ _VERDICTS = {
     "ok": "0.5 <= k-hat < 0.7: usable with care; PSIS-corrected estimates are more trustworthy "
     "than the raw guide's",
     "unreliable": "k-hat >= 0.7: the approximation is not to be trusted (too narrow, a missed "
-    "mode or tail); fit longer, use a richer guide, or use MCMC",
+    "mode or tail);\n  fit longer, use a richer guide, or use MCMC",
 }
 
 
@@ -86,7 +86,9 @@ class Diagnosis:
             f"  {_VERDICTS[self.verdict]}",
             f"ESS of weights    {self.ess:.0f} / {self.num_samples}",
             f"ELBO              {self.elbo:.3f} ± {self.elbo_se:.3f}",
-            f"IW bound          {self.iw_bound:.3f} ± {self.iw_bound_se:.3f}",
+            f"IW bound          {self.iw_bound:.3f} ± {self.iw_bound_se:.3f}"
+            + ("  (error unreliable: weights' variance infinite for k-hat >= 0.5)"
+               if self.khat >= 0.5 else ""),
             "",
         ]
         names = list(self.raw_mean)

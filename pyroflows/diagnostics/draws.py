@@ -103,7 +103,7 @@ def _vectorize(fn: Callable, size: int, width: int) -> Callable:
     every site's distribution is broadcast to the draws)."""
 
     def vectorized(*args, **kwargs):
-        with pyro.plate("_posterior_draws", size, dim=-width):
+        with pyro.plate("_vectorized_draws", size, dim=-width):
             return fn(*args, **kwargs)
 
     return vectorized

@@ -6,11 +6,11 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import pyro
 import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
+from pyroflows.diagnostics.draws import _vectorize
 from pyroflows.diagnostics.free_energy import max_plate_nesting as _max_plate_nesting
 
 __all__ = ["ImportanceEstimate", "importance_log_likelihood"]
@@ -101,11 +101,12 @@ def importance_log_likelihood(
     elbo_sum = None
     for start in range(0, num_samples, chunk_size):
         size = min(chunk_size, num_samples - start)
-        with pyro.plate("_importance_samples", size, dim=particle_dim):
-            guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-                *args, **kwargs
-            )
+        guide_trace = poutine.trace(_vectorize(guide, size, -particle_dim)).get_trace(
+            *args, **kwargs
+        )
+        model_trace = poutine.trace(
+            poutine.replay(_vectorize(model, size, -particle_dim), trace=guide_trace)
+        ).get_trace(*args, **kwargs)
         for name, site in model_trace.nodes.items():
             if (
                 site["type"] == "sample"
