@@ -10,6 +10,8 @@ test images (mean and standard error of the per-image difference).
         --json benchmarks/results/vae_mnist_cpu.json
     python benchmarks/bench_vae_mnist.py --device cuda --arch conv --amp --jobs 1 \
         --json benchmarks/results/vae_mnist_gpu.json
+    python benchmarks/bench_vae_mnist.py --throughput --rounds 3 \
+        --json benchmarks/results/vae_mnist_cpu_throughput.json
 """
 
 from __future__ import annotations
@@ -50,14 +52,54 @@ def paired_difference(a: list[float], b: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(var / len(diffs))
 
 
+def throughput(tokens, passthrough, args) -> int:
+    """Training images per second only: one run at a time, in alternating rounds, so that every
+    posterior sees the same machine load; reports the median over rounds."""
+    rates: dict[str, list[float]] = {t: [] for t in tokens}
+    short = ["--epochs", "1", "--warmup-epochs", "0", "--train-size", str(args.train_images),
+             "--test-size", "10", "--nll-images", "2", "--nll-samples", "2"]
+    environment = None
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(args.rounds):
+            for token in tokens:
+                report = run_one(token, passthrough + short, args.threads, Path(tmp))
+                rates[token].append(report["results"][0]["images_per_second"])
+                environment = report["environment"]
+    median = {t: sorted(r)[len(r) // 2] for t, r in rates.items()}
+    reference = median.get("pyro-iaf") or median.get("pyro-iaf:normal")
+    lines = [f"training images/s, median of {args.rounds} alternating rounds of one epoch on "
+             f"{args.train_images} images, one run at a time; {environment}",
+             f"{'run':16s} {'img/s':>8s} {'x pyro-iaf':>10s}  all rounds"]
+    for t in tokens:
+        ratio = f"{median[t] / reference:.2f}" if reference else ""
+        lines.append(f"{t:16s} {median[t]:8.0f} {ratio:>10s}  "
+                     + " ".join(f"{r:.0f}" for r in rates[t]))
+    table = "\n".join(lines)
+    print(table)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({
+        "config": {"runs": tokens, "rounds": args.rounds, "train_images": args.train_images,
+                   "threads": args.threads, "passthrough": passthrough},
+        "environment": environment, "images_per_second": rates, "median": median,
+        "table": table}, indent=1))
+    args.json.with_suffix(".txt").write_text(table + "\n")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", default=DEFAULT_RUNS)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, required=True)
+    parser.add_argument("--throughput", action="store_true",
+                        help="measure training images/s only (alternating one-epoch rounds)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--train-images", type=int, default=10000)
     args, passthrough = parser.parse_known_args(argv)
     tokens = [t for t in args.runs.split(",") if t]
+    if args.throughput:
+        return throughput(tokens, passthrough, args)
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(args.jobs) as pool:
         futures = [pool.submit(run_one, t, passthrough, args.threads, Path(tmp)) for t in tokens]
         reports = [f.result() for f in futures]
