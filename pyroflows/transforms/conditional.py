@@ -90,7 +90,24 @@ class ConditionalFlow(ConditionalTransformModule):
         return 1.0
 
 
-class ConditionalInverseAutoregressiveFlow(ConditionalFlow):
+class _AutoregressiveConditionalFlow(ConditionalFlow):
+    """A conditional layer that is an autoregressive layer (``self.flow``) built with a
+    ``context_dim``: the context goes to its MADE."""
+
+    flow: InverseAutoregressiveFlow | NeuralAutoregressiveFlow
+
+    @property
+    def initial_scale(self) -> float:
+        return self.flow.initial_scale
+
+    def _forward_with_log_det(self, u, context):
+        return self.flow._forward_with_log_det(u, context)
+
+    def inverse_uncached(self, x, context):
+        return self.flow.inverse_uncached(x, context)
+
+
+class ConditionalInverseAutoregressiveFlow(_AutoregressiveConditionalFlow):
     """An IAF layer whose MADE reads the context ``h`` beside ``u`` (Kingma et al. 2016, sec. 4).
 
     Same updates and options as :class:`~pyroflows.transforms.InverseAutoregressiveFlow`;
@@ -122,18 +139,8 @@ class ConditionalInverseAutoregressiveFlow(ConditionalFlow):
             **kwargs,
         )
 
-    @property
-    def initial_scale(self) -> float:
-        return self.flow.initial_scale
 
-    def _forward_with_log_det(self, u, context):
-        return self.flow._forward_with_log_det(u, context)
-
-    def inverse_uncached(self, x, context):
-        return self.flow.inverse_uncached(x, context)
-
-
-class ConditionalNeuralAutoregressiveFlow(ConditionalFlow):
+class ConditionalNeuralAutoregressiveFlow(_AutoregressiveConditionalFlow):
     """A NAF layer (DSF or DDSF transformer) whose MADE reads the context ``h``.
 
     Example:
@@ -167,16 +174,6 @@ class ConditionalNeuralAutoregressiveFlow(ConditionalFlow):
             context_dim=context_dim,
             **kwargs,
         )
-
-    @property
-    def initial_scale(self) -> float:
-        return self.flow.initial_scale
-
-    def _forward_with_log_det(self, u, context):
-        return self.flow._forward_with_log_det(u, context)
-
-    def inverse_uncached(self, x, context):
-        return self.flow.inverse_uncached(x, context)
 
 
 class ConditionalPlanarFlow(ConditionalFlow):
