@@ -27,6 +27,7 @@ class ElementwiseAffine(TransformModule):
     domain = constraints.real_vector
     codomain = constraints.real_vector
     bijective = True
+    sign = +1
 
     def __init__(self, loc: torch.Tensor, scale: torch.Tensor):
         super().__init__(cache_size=1)

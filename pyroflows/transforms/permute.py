@@ -26,6 +26,7 @@ class Permute(TransformModule):
     domain = constraints.real_vector
     codomain = constraints.real_vector
     bijective = True
+    sign = +1
     volume_preserving = True
 
     def __init__(self, permutation: torch.Tensor | Sequence[int]):

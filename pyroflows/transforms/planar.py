@@ -97,6 +97,7 @@ class PlanarFlow(TransformModule):
     domain = constraints.real_vector
     codomain = constraints.real_vector
     bijective = True
+    sign = +1
 
     def __init__(self, input_dim: int, init_w_scale: float | None = None):
         super().__init__(cache_size=1)
