@@ -15,10 +15,14 @@ from pyroflows.diagnostics import (
     to_inference_data,
 )
 from pyroflows.guides import (
+    AutoFlow,
     AutoFlowGuide,
     AutoIAF,
     AutoNAF,
+    AutoNICE,
+    AutoNSF,
     AutoPlanar,
+    AutoRealNVP,
     GuideSetupError,
     available_guides,
     make_guide,
@@ -31,25 +35,32 @@ from pyroflows.infer import (
     fit,
     importance_log_likelihood,
 )
+from pyroflows.transforms import available_flows, make_flow
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AutoFlow",
     "AutoFlowGuide",
     "AutoIAF",
     "AutoNAF",
+    "AutoNICE",
+    "AutoNSF",
     "AutoPlanar",
+    "AutoRealNVP",
     "Diagnosis",
     "FitResult",
     "FreeEnergyReport",
     "GuideSetupError",
     "ImportanceEstimate",
     "NonFiniteLossError",
+    "available_flows",
     "available_guides",
     "diagnose",
     "fit",
     "free_energy_report",
     "importance_log_likelihood",
+    "make_flow",
     "make_guide",
     "register_guide",
     "to_inference_data",

@@ -20,7 +20,9 @@ class FlowDistribution(TorchDistribution):
     ``log q(x) = log p(u) - sum_k log|det J_k|`` in the same pass and keeps it, so ``log_prob`` of
     the distribution's own most recent sample costs nothing (for an inverse autoregressive flow
     this is what makes it fast to train). ``log_prob`` of any other point inverts the layers
-    (sequentially, for autoregressive ones).
+    (sequentially, for inverse autoregressive ones). With ``validate_args`` (or Pyro's
+    validation switched on), ``log_prob`` of an external point checks that it is a finite vector
+    of the right shape.
 
     Example:
         >>> import pyro.distributions as dist
@@ -47,10 +49,12 @@ class FlowDistribution(TorchDistribution):
         self.base_dist = base_dist
         self.transforms = list(transforms)
         self._cached: tuple[torch.Tensor, torch.Tensor] | None = None
-        super().__init__(base_dist.batch_shape, base_dist.event_shape, validate_args=False)
+        super().__init__(base_dist.batch_shape, base_dist.event_shape, validate_args=validate_args)
 
     def expand(self, batch_shape, _instance=None) -> FlowDistribution:
-        return FlowDistribution(self.base_dist.expand(batch_shape), self.transforms)
+        return FlowDistribution(
+            self.base_dist.expand(batch_shape), self.transforms, validate_args=self._validate_args
+        )
 
     def rsample(self, sample_shape=_EMPTY) -> torch.Tensor:
         u = self.base_dist.rsample(sample_shape)
@@ -68,13 +72,16 @@ class FlowDistribution(TorchDistribution):
         with torch.no_grad():
             x = self.base_dist.sample(sample_shape)
             for transform in self.transforms:
-                x = transform(x)
+                skip_log_det = getattr(transform, "forward_without_log_det", None)
+                x = transform(x) if skip_log_det is None else skip_log_det(x)
             return x
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         cached = self._cached
         if cached is not None and cached[0] is value:
             return cached[1]
+        if self._validate_args:
+            self._validate_sample(value)
         log_det = 0.0
         y = value
         for transform in reversed(self.transforms):

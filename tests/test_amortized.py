@@ -59,8 +59,10 @@ def test_posterior_accepts_pyro_conditional_transforms():
 
 
 def test_posterior_errors_name_the_problem():
-    with pytest.raises(ValueError, match="unknown flow 'maf'"):
-        _posterior("maf")
+    with pytest.raises(ValueError, match="flow 'maf' samples in D sequential passes"):
+        AmortizedFlowPosterior(nn.Identity(), 4, 2, flow="maf")
+    with pytest.raises(ValueError, match="unknown flow 'glow'"):
+        _posterior("glow")
     with pytest.raises(ValueError, match="encoder returned features of size 16.*feature_dim=8"):
         AmortizedFlowPosterior(mlp([DATA_DIM, FEATURES]), 8, LATENT)(torch.rand(2, DATA_DIM))
     posterior = _posterior("iaf")

@@ -33,10 +33,10 @@ def test_log_det_matches_autograd_jacobian(seed, w_dot_u):
 def test_constraint_keeps_w_dot_u_hat_above_minus_one():
     for w_dot_u in (-30.0, -1.0, 0.0, 3.0):
         layer = _random_planar(w_dot_u=w_dot_u)
-        _, w_dot_u_hat, _ = layer._u_hat_and_w_dot_u_hat()
+        _, w_dot_u_hat, _ = layer._parameters_for(None)[:3]
         assert w_dot_u_hat > -1.0
     # far below, softplus underflows: wᵀû reaches -1 in floating point, never below
-    _, w_dot_u_hat, _ = _random_planar(w_dot_u=-1e3)._u_hat_and_w_dot_u_hat()
+    _, w_dot_u_hat, _ = _random_planar(w_dot_u=-1e3)._parameters_for(None)[:3]
     assert w_dot_u_hat >= -1.0
 
 

@@ -10,7 +10,7 @@ from pyroflows.amortized.networks import (
     mlp,
 )
 from pyroflows.amortized.posterior import POSTERIOR_FLOWS, AmortizedFlowPosterior
-from pyroflows.amortized.prior import MAFPrior
+from pyroflows.amortized.prior import FlowPrior, MAFPrior
 from pyroflows.amortized.vae import BernoulliVAE
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "AmortizedFlowPosterior",
     "Autocast",
     "BernoulliVAE",
+    "FlowPrior",
     "GatedConv2d",
     "GatedConvTranspose2d",
     "MAFPrior",

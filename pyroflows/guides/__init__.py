@@ -1,9 +1,8 @@
 """Flow autoguides: drop-in replacements for Pyro's AutoNormal and AutoIAFNormal."""
 
 from pyroflows.guides.base import AutoFlowGuide, GuideSetupError
-from pyroflows.guides.iaf import AutoIAF
-from pyroflows.guides.naf import AutoNAF
-from pyroflows.guides.planar import AutoPlanar
+from pyroflows.guides.flow import AutoFlow
+from pyroflows.guides.presets import AutoIAF, AutoNAF, AutoNICE, AutoNSF, AutoPlanar, AutoRealNVP
 from pyroflows.guides.registry import (
     available_guides,
     get_guide_class,
@@ -12,10 +11,14 @@ from pyroflows.guides.registry import (
 )
 
 __all__ = [
+    "AutoFlow",
     "AutoFlowGuide",
     "AutoIAF",
     "AutoNAF",
+    "AutoNICE",
+    "AutoNSF",
     "AutoPlanar",
+    "AutoRealNVP",
     "GuideSetupError",
     "available_guides",
     "get_guide_class",

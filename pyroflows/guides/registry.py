@@ -29,24 +29,34 @@ def register_guide(name: str) -> Callable[[GuideClass], GuideClass]:
     return decorate
 
 
+def _one_pass_flows() -> list[str]:
+    from pyroflows.transforms.registry import available_flows
+
+    return available_flows(one_pass_sampling=True)
+
+
 def available_guides() -> list[str]:
-    """The registered guide names, sorted.
+    """The guide names, sorted: every registered guide, and every flow family that samples in
+    one pass (``pyroflows.transforms.available_flows``), which :func:`make_guide` builds as an
+    :class:`~pyroflows.AutoFlow` when no guide class is registered under its name.
 
     Example:
-        >>> "iaf" in available_guides()
+        >>> {"iaf", "naf", "nsf", "planar", "realnvp"} <= set(available_guides())
         True
     """
-    return sorted(_GUIDES)
+    return sorted(set(_GUIDES) | set(_one_pass_flows()))
 
 
 def get_guide_class(name: str) -> type:
-    """The guide class registered under ``name``."""
-    try:
+    """The guide class registered under ``name`` (``AutoFlow`` for a one-pass flow family
+    without a class of its own)."""
+    if name in _GUIDES:
         return _GUIDES[name]
-    except KeyError:
-        raise KeyError(
-            f"no guide registered as {name!r}; available: {available_guides()}"
-        ) from None
+    if name in _one_pass_flows():
+        from pyroflows.guides.flow import AutoFlow
+
+        return AutoFlow
+    raise KeyError(f"no guide registered as {name!r}; available: {available_guides()}")
 
 
 def make_guide(name: str, model, **kwargs):
@@ -55,4 +65,7 @@ def make_guide(name: str, model, **kwargs):
     Example:
         >>> guide = make_guide("iaf", model, num_transforms=3)  # doctest: +SKIP
     """
-    return get_guide_class(name)(model, **kwargs)
+    cls = get_guide_class(name)
+    if name not in _GUIDES:
+        return cls(model, flow=name, **kwargs)
+    return cls(model, **kwargs)

@@ -13,7 +13,32 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["MADE", "MaskedLinear", "made_degrees"]
+__all__ = ["MADE", "MaskedLinear", "default_hidden_dims", "made_degrees", "skip_connection_fits"]
+
+
+#: the largest masked input-to-output matrix (``num_params * D * D`` weights) that
+#: ``skip_connection="auto"`` keeps; beyond it the direct path costs more than it brings
+SKIP_CONNECTION_MAX_WEIGHTS = 2**22
+
+
+def default_hidden_dims(input_dim: int, context_dim: int = 0) -> list[int]:
+    """The one default conditioner width of pyroflows: one hidden layer of ``3 D + 1`` units
+    (Pyro's AutoIAFNormal default) kept in ``[16, 1024]``; amortized layers (``context_dim >
+    0``), which serve every data point, get ``4 D`` units kept in ``[64, 1024]``.
+
+    Example:
+        >>> default_hidden_dims(10), default_hidden_dims(32, context_dim=300)
+        ([31], [128])
+    """
+    if context_dim > 0:
+        return [min(max(4 * input_dim, 64), 1024)]
+    return [min(max(3 * input_dim + 1, 16), 1024)]
+
+
+def skip_connection_fits(input_dim: int, num_params: int) -> bool:
+    """Whether a direct masked input-to-output path of ``num_params * D²`` weights is within
+    :data:`SKIP_CONNECTION_MAX_WEIGHTS` (4M; D ≤ 1448 for an affine layer)."""
+    return num_params * input_dim * input_dim <= SKIP_CONNECTION_MAX_WEIGHTS
 
 
 class MaskedLinear(nn.Linear):
@@ -65,7 +90,8 @@ class MADE(nn.Module):
             defaults to ``0, 1, ..., D-1``.
         context_dim: size of an optional context vector fed, unmasked, to the first layer.
         skip_connection: add a masked linear map from inputs straight to outputs, so that
-            linear (Gaussian) dependencies are represented exactly.
+            linear (Gaussian) dependencies are represented exactly; ``"auto"`` (default) keeps
+            it while its ``num_params * D²`` weights fit :data:`SKIP_CONNECTION_MAX_WEIGHTS`.
         activation: the hidden nonlinearity (default ELU, smooth for HMC with NeuTra).
 
     Example:
@@ -81,10 +107,16 @@ class MADE(nn.Module):
         num_params: int = 2,
         ordering: torch.Tensor | Sequence[int] | None = None,
         context_dim: int = 0,
-        skip_connection: bool = True,
+        skip_connection: bool | str = "auto",
         activation: nn.Module | None = None,
     ):
         super().__init__()
+        if skip_connection == "auto":
+            skip_connection = skip_connection_fits(input_dim, num_params)
+        elif not isinstance(skip_connection, bool):
+            raise ValueError(
+                f"skip_connection must be True, False or 'auto', got {skip_connection!r}"
+            )
         if input_dim < 1:
             raise ValueError(f"MADE needs input_dim >= 1, got {input_dim}")
         if num_params < 1:

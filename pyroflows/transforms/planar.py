@@ -5,12 +5,18 @@ from __future__ import annotations
 import math
 
 import torch
-from pyro.distributions import constraints
-from pyro.distributions.torch_transform import TransformModule
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["PlanarFlow", "planar_inverse", "planar_log_det", "planar_u_hat"]
+from pyroflows.transforms.layer import FlowLayer, check_context
+
+__all__ = [
+    "ConditionalPlanarFlow",
+    "PlanarFlow",
+    "planar_inverse",
+    "planar_log_det",
+    "planar_u_hat",
+]
 
 # softplus(_SHIFT) = 1, so m(0) = 0 below and a layer with u = 0 is the identity map
 _SHIFT = math.log(math.e - 1.0)
@@ -70,13 +76,15 @@ def planar_inverse(
     return y - u_hat * torch.tanh(alpha + b).unsqueeze(-1)
 
 
-class PlanarFlow(TransformModule):
-    r"""One planar layer ``f(z) = z + û tanh(wᵀz + b)``, a Pyro ``TransformModule``.
+class PlanarFlow(FlowLayer):
+    r"""One planar layer ``f(z) = z + û tanh(wᵀz + b)``, with ``u, w, b`` learned directly or,
+    with ``context_dim > 0``, linear in a context ``h`` (the amortized planar flows of van den
+    Berg et al. 2018: every data point gets its own layer).
 
     ``û = u + (m(wᵀu) - wᵀu) w / ‖w‖²`` with ``m(x) = -1 + softplus(x + log(e - 1))`` keeps
     ``wᵀû > -1``, so every layer is invertible (Rezende & Mohamed 2015, appendix A; the shift
-    makes ``m(0) = 0``, so a layer with ``u = 0`` is exactly the identity). With ``a = wᵀz + b``
-    and ``c = wᵀu + log(e - 1)``,
+    makes ``m(0) = 0``, so a layer with ``u = 0`` is exactly the identity, which is how a fresh
+    layer starts). With ``a = wᵀz + b`` and ``c = wᵀu + log(e - 1)``,
 
         1 + (1 - tanh² a) wᵀû = tanh² a + (1 - tanh² a) softplus(c),
 
@@ -94,40 +102,61 @@ class PlanarFlow(TransformModule):
         True
     """
 
-    domain = constraints.real_vector
-    codomain = constraints.real_vector
-    bijective = True
-    sign = +1
-
-    def __init__(self, input_dim: int, init_w_scale: float | None = None):
-        super().__init__(cache_size=1)
-        self.input_dim = input_dim
+    def __init__(self, input_dim: int, init_w_scale: float | None = None, context_dim: int = 0):
+        super().__init__(input_dim, context_dim)
         scale = init_w_scale if init_w_scale is not None else 1.0 / math.sqrt(input_dim)
-        self.u = nn.Parameter(torch.zeros(input_dim))
-        self.w = nn.Parameter(scale * torch.randn(input_dim))
-        self.b = nn.Parameter(torch.zeros(()))
+        if context_dim == 0:
+            self.u = nn.Parameter(torch.zeros(input_dim))
+            self.w = nn.Parameter(scale * torch.randn(input_dim))
+            self.b = nn.Parameter(torch.zeros(()))
+            return
+        self.u_layer = nn.Linear(context_dim, input_dim)
+        self.w_layer = nn.Linear(context_dim, input_dim)
+        self.b_layer = nn.Linear(context_dim, 1)
+        nn.init.zeros_(self.u_layer.weight)
+        nn.init.zeros_(self.u_layer.bias)
+        with torch.no_grad():
+            self.w_layer.weight.mul_(0.1)
+            self.w_layer.bias.normal_(0.0, scale)
+            self.b_layer.weight.mul_(0.1)
+            self.b_layer.bias.zero_()
 
-    def _u_hat_and_w_dot_u_hat(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns ``(û, wᵀû, c)`` with ``wᵀû = -1 + softplus(c)``."""
-        return planar_u_hat(self.u, self.w)
-
-    def _call(self, z: torch.Tensor) -> torch.Tensor:
-        u_hat, _, c = self._u_hat_and_w_dot_u_hat()
-        a = z @ self.w + self.b
-        tanh_a = torch.tanh(a)
-        self._cached_log_det_inputs = (z, a, tanh_a, c)
-        return z + u_hat * tanh_a.unsqueeze(-1)
-
-    def log_abs_det_jacobian(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        cached = getattr(self, "_cached_log_det_inputs", None)
-        if cached is not None and cached[0] is z:
-            _, a, tanh_a, c = cached
+    def _parameters_for(self, context: torch.Tensor | None):
+        """``(û, wᵀû, c, w, b)``: vectors without context, batched with one."""
+        check_context(context, self.context_dim)
+        if context is None:
+            u, w, b = self.u, self.w, self.b
         else:
-            _, _, c = self._u_hat_and_w_dot_u_hat()
-            a = z @ self.w + self.b
-            tanh_a = torch.tanh(a)
-        return planar_log_det(a, tanh_a, c)
+            u, w = self.u_layer(context), self.w_layer(context)
+            b = self.b_layer(context).squeeze(-1)
+        u_hat, w_dot_u_hat, c = planar_u_hat(u, w)
+        return u_hat, w_dot_u_hat, c, w, b
 
-    def _inverse(self, y: torch.Tensor) -> torch.Tensor:
-        u_hat, w_dot_u_hat, _ = self._u_hat_and_w_dot_u_hat()
-        return planar_inverse(y, u_hat, w_dot_u_hat, self.w, self.b)
+    def forward_with_log_det(self, z, context=None, need_log_det=True):
+        u_hat, _, c, w, b = self._parameters_for(context)
+        a = (z @ w if w.dim() == 1 else (z * w).sum(-1)) + b
+        tanh_a = torch.tanh(a)
+        x = z + u_hat * tanh_a.unsqueeze(-1)
+        return x, (planar_log_det(a, tanh_a, c) if need_log_det else None)
+
+    def inverse_with_log_det(self, y, context=None):
+        u_hat, w_dot_u_hat, c, w, b = self._parameters_for(context)
+        z = planar_inverse(y, u_hat, w_dot_u_hat, w, b)
+        a = (z @ w if w.dim() == 1 else (z * w).sum(-1)) + b
+        return z, planar_log_det(a, torch.tanh(a), c)
+
+
+class ConditionalPlanarFlow(PlanarFlow):
+    """A :class:`PlanarFlow` whose ``u, w, b`` are linear in a context (``context_dim >= 1``).
+
+    Example:
+        >>> layer = ConditionalPlanarFlow(4, context_dim=6)
+        >>> h, z = torch.randn(10, 6), torch.randn(10, 4)
+        >>> torch.allclose(layer.condition(h)(z), z)
+        True
+    """
+
+    def __init__(self, input_dim: int, context_dim: int, init_w_scale: float | None = None):
+        if context_dim < 1:
+            raise ValueError(f"context_dim must be at least 1, got {context_dim}")
+        super().__init__(input_dim, init_w_scale=init_w_scale, context_dim=context_dim)

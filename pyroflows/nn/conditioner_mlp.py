@@ -1,0 +1,65 @@
+"""The conditioner of coupling layers: an MLP from the kept coordinates (and a context) to the
+transformer parameters of the others."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["ConditionerMLP"]
+
+
+class ConditionerMLP(nn.Module):
+    """``(..., in_features) [+ context] -> (..., num_params, out_features)``.
+
+    The output layer starts at zero, so a coupling layer built on a fresh conditioner starts as
+    the transformer's initial map (the identity for affine, additive and spline transformers).
+    A context, when there is one, is concatenated to the input. With ``in_features = 0`` and no
+    context (a coupling layer over one coordinate), the output is a learned constant.
+
+    Example:
+        >>> net = ConditionerMLP(3, num_params=2, out_features=4, hidden_dims=[16])
+        >>> net(torch.randn(5, 3)).shape
+        torch.Size([5, 2, 4])
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        num_params: int,
+        out_features: int,
+        hidden_dims: Sequence[int],
+        context_dim: int = 0,
+        activation: nn.Module | None = None,
+    ):
+        super().__init__()
+        self.in_features = in_features
+        self.num_params = num_params
+        self.out_features = out_features
+        self.context_dim = context_dim
+        if in_features + context_dim == 0:  # nothing to read: a learned constant
+            hidden_dims = []
+        sizes = [in_features + context_dim, *hidden_dims]
+        layers: list[nn.Module] = []
+        for d_in, d_out in zip(sizes[:-1], sizes[1:], strict=True):
+            layers += [nn.Linear(d_in, d_out), activation if activation is not None else nn.ELU()]
+        self.hidden = nn.Sequential(*layers)
+        with warnings.catch_warnings():  # out_features = 0: a layer with nothing to change
+            warnings.filterwarnings("ignore", "Initializing zero-element tensors")
+            self.output_layer = nn.Linear(max(sizes[-1], 1), num_params * out_features)
+        nn.init.zeros_(self.output_layer.weight)
+        nn.init.zeros_(self.output_layer.bias)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        if context is not None:
+            batch = torch.broadcast_shapes(x.shape[:-1], context.shape[:-1])
+            x = torch.cat(
+                [x.expand(batch + x.shape[-1:]), context.expand(batch + context.shape[-1:])], -1
+            )
+        if x.shape[-1] == 0:  # the constant: a zero input of width one reads only the bias
+            x = x.new_zeros(x.shape[:-1] + (1,))
+        out = self.output_layer(self.hidden(x))
+        return out.unflatten(-1, (self.num_params, self.out_features))

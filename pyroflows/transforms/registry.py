@@ -1,0 +1,409 @@
+"""One registry of flow families: ``make_flow(name, dim, context_dim=0, **options)``.
+
+Every family is a builder function plus what a user needs to choose it (paper, cost of a draw,
+cost of a density evaluation, how the inverse is computed). Guides, amortized posteriors, flow
+priors, density estimation and the CLI all build their flows here, so a new family is one
+transformer (or conditioner) class and one :func:`register_flow` call:
+
+    >>> from pyroflows.transforms.registry import register_flow, autoregressive_stack
+    >>> from pyroflows.transforms.transformers import AdditiveTransformer
+    >>> @register_flow("additive-ar", paper="(example)", one_pass_sampling=True,
+    ...                sampling_cost="1 pass", density_cost="D passes", inverse="closed form")
+    ... def build_additive_ar(dim, context_dim, num_transforms, **options):
+    ...     return autoregressive_stack(dim, context_dim, num_transforms,
+    ...                                 lambda: AdditiveTransformer(), **options)
+    >>> make_flow("additive-ar", 3)(torch.zeros(3)).shape
+    torch.Size([3])
+    >>> unregister_flow("additive-ar")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.distributions import Transform
+
+from pyroflows.nn.conditioner_mlp import ConditionerMLP
+from pyroflows.nn.made import MADE, default_hidden_dims
+from pyroflows.transforms.autoregressive import AutoregressiveTransform, Direction
+from pyroflows.transforms.batchnorm import BatchNorm
+from pyroflows.transforms.coupling import CouplingTransform, alternating_mask
+from pyroflows.transforms.layer import FlowLayer
+from pyroflows.transforms.planar import PlanarFlow
+from pyroflows.transforms.stack import FlowStack
+from pyroflows.transforms.transformers import (
+    AdditiveTransformer,
+    AffineTransformer,
+    GatedTransformer,
+    SigmoidalTransformer,
+    SplineTransformer,
+    Transformer,
+)
+
+__all__ = [
+    "FlowFamily",
+    "autoregressive_stack",
+    "available_flows",
+    "coupling_stack",
+    "flow_family",
+    "make_flow",
+    "orderings",
+    "register_flow",
+    "unregister_flow",
+]
+
+Permutation = Literal["reverse", "random"]
+
+
+@dataclass(frozen=True)
+class FlowFamily:
+    """A registered flow family.
+
+    Attributes:
+        name: the registry name (``make_flow(name, ...)``).
+        build: ``build(dim, context_dim, num_transforms, **options) -> list of layers``.
+        default_num_transforms: layers when the caller does not say.
+        one_pass_sampling: a draw (with its log-density) costs one pass: usable as a guide.
+        paper: where the family comes from.
+        sampling_cost, density_cost: the cost of a draw, and of the density of any point.
+        inverse: how the inverse of an external point is computed.
+        identity_at_init: a fresh flow is exactly the identity (else ``x ≈ c·u`` near 0).
+    """
+
+    name: str
+    build: Callable[..., list[Transform]]
+    default_num_transforms: int
+    one_pass_sampling: bool
+    paper: str
+    sampling_cost: str
+    density_cost: str
+    inverse: str
+    identity_at_init: bool = True
+
+
+_FLOWS: dict[str, FlowFamily] = {}
+
+
+def register_flow(
+    name: str,
+    *,
+    paper: str,
+    one_pass_sampling: bool,
+    sampling_cost: str,
+    density_cost: str,
+    inverse: str,
+    default_num_transforms: int = 2,
+    identity_at_init: bool = True,
+):
+    """Decorator registering a builder ``(dim, context_dim, num_transforms, **options)`` that
+    returns the list of layers of one flow (see the module docstring for an example)."""
+
+    def decorate(build):
+        if name in _FLOWS:
+            raise ValueError(f"a flow family is already registered as {name!r}")
+        _FLOWS[name] = FlowFamily(
+            name, build, default_num_transforms, one_pass_sampling, paper, sampling_cost,
+            density_cost, inverse, identity_at_init,
+        )
+        return build
+
+    return decorate
+
+
+def unregister_flow(name: str) -> None:
+    """Removes a family (for tests and examples)."""
+    _FLOWS.pop(name, None)
+
+
+def available_flows(one_pass_sampling: bool | None = None) -> list[str]:
+    """The registered family names, sorted; ``one_pass_sampling=True`` keeps those usable as
+    guides.
+
+    Example:
+        >>> available_flows()
+        ['iaf', 'maf', 'naf', 'nice', 'nsf', 'planar', 'realnvp']
+    """
+    return sorted(
+        name for name, family in _FLOWS.items()
+        if one_pass_sampling is None or family.one_pass_sampling == one_pass_sampling
+    )
+
+
+def flow_family(name: str) -> FlowFamily:
+    """The :class:`FlowFamily` registered as ``name``."""
+    try:
+        return _FLOWS[name]
+    except KeyError:
+        raise KeyError(f"no flow family {name!r}; available: {available_flows()}") from None
+
+
+def make_flow(
+    name: str, dim: int, context_dim: int = 0, num_transforms: int | None = None, **options
+) -> FlowStack:
+    """Builds a flow of family ``name`` over vectors of size ``dim``.
+
+    Returns a :class:`~pyroflows.transforms.FlowStack`: a Pyro ``TransformModule`` when
+    ``context_dim = 0``, and a ``ConditionalTransformModule`` (``flow.condition(h)``) otherwise.
+    ``options`` go to the family's builder (e.g. ``hidden_dims``, ``log_scale_bounds``,
+    ``num_bins``, ``direction``); an option the family does not know raises a ``TypeError``
+    naming it.
+
+    Example:
+        >>> flow = make_flow("nsf", 3, context_dim=2, num_transforms=2, num_bins=6)
+        >>> flow.condition(torch.randn(5, 2))(torch.randn(5, 3)).shape
+        torch.Size([5, 3])
+    """
+    family = flow_family(name)
+    if not (isinstance(dim, int) and dim >= 1):
+        raise ValueError(f"dim must be a positive integer, got {dim!r}")
+    if not (isinstance(context_dim, int) and context_dim >= 0):
+        raise ValueError(f"context_dim must be an integer >= 0, got {context_dim!r}")
+    if num_transforms is None:
+        num_transforms = family.default_num_transforms
+    if not (isinstance(num_transforms, int) and num_transforms >= 1):
+        raise ValueError(f"num_transforms must be a positive integer, got {num_transforms!r}")
+    try:
+        layers = family.build(dim, context_dim, num_transforms, **options)
+    except TypeError as error:
+        if "unexpected keyword argument" in str(error):
+            raise TypeError(f"flow family {name!r}: {error}") from None
+        raise
+    stack = FlowStack(layers, dim, context_dim)
+    stack.family = name
+    return stack
+
+
+# ---- shared builders ------------------------------------------------------------------------
+
+
+def orderings(dim: int, count: int, permutation: Permutation = "reverse") -> list[torch.Tensor]:
+    """Autoregressive orderings of ``count`` layers: alternately natural and reversed, or
+    uniformly random from a fixed seed (the same flow is built every time)."""
+    if permutation == "reverse":
+        natural = torch.arange(dim)
+        return [natural if k % 2 == 0 else natural.flip(0) for k in range(count)]
+    if permutation == "random":
+        generator = torch.Generator().manual_seed(0)
+        return [torch.randperm(dim, generator=generator) for _ in range(count)]
+    raise ValueError(f"permutation must be 'reverse' or 'random', got {permutation!r}")
+
+
+def _check_hidden_dims(hidden_dims: Sequence[int] | None, dim: int, context_dim: int):
+    if hidden_dims is None:
+        return default_hidden_dims(dim, context_dim)
+    hidden_dims = list(hidden_dims)
+    if not all(isinstance(h, int) and h >= 1 for h in hidden_dims):
+        raise ValueError(f"hidden_dims must be positive integers, got {hidden_dims}")
+    return hidden_dims
+
+
+def _with_batch_norm(layers: list[Transform], dim: int, batch_norm: bool) -> list[Transform]:
+    if not batch_norm:
+        return layers
+    result: list[Transform] = []
+    for index, layer in enumerate(layers):
+        if index > 0:
+            result.append(BatchNorm(dim))
+        result.append(layer)
+    return result
+
+
+def autoregressive_stack(
+    dim: int,
+    context_dim: int,
+    num_transforms: int,
+    make_transformer: Callable[[], Transformer],
+    *,
+    hidden_dims: Sequence[int] | None = None,
+    direction: Direction = "iaf",
+    permutation: Permutation = "reverse",
+    skip_connection: bool | str = "auto",
+    activation: nn.Module | None = None,
+    batch_norm: bool = False,
+) -> list[Transform]:
+    """``num_transforms`` autoregressive layers with alternating (or random) orderings."""
+    hidden_dims = _check_hidden_dims(hidden_dims, dim, context_dim)
+    layers: list[Transform] = []
+    for ordering in orderings(dim, num_transforms, permutation):
+        transformer = make_transformer()
+        made = MADE(
+            dim, hidden_dims, num_params=transformer.num_params, ordering=ordering,
+            context_dim=context_dim, skip_connection=skip_connection, activation=activation,
+        )
+        layers.append(AutoregressiveTransform(made, transformer, direction))
+    return _with_batch_norm(layers, dim, batch_norm)
+
+
+def coupling_stack(
+    dim: int,
+    context_dim: int,
+    num_transforms: int,
+    make_transformer: Callable[[], Transformer],
+    *,
+    hidden_dims: Sequence[int] | None = None,
+    activation: nn.Module | None = None,
+    batch_norm: bool = False,
+) -> list[Transform]:
+    """``num_transforms`` coupling layers with alternating masks."""
+    hidden_dims = _check_hidden_dims(hidden_dims, dim, context_dim)
+    layers: list[Transform] = []
+    for index in range(num_transforms):
+        mask = alternating_mask(dim, flip=index % 2 == 1)
+        transformer = make_transformer()
+        conditioner = ConditionerMLP(
+            int(mask.sum()), transformer.num_params, int((~mask).sum()), hidden_dims,
+            context_dim=context_dim, activation=activation,
+        )
+        layers.append(CouplingTransform(mask, conditioner, transformer))
+    return _with_batch_norm(layers, dim, batch_norm)
+
+
+def _affine_like(update: str, log_scale_bounds, gate_bias) -> Callable[[], Transformer]:
+    if update == "affine":
+        AffineTransformer(log_scale_bounds)  # validates the bounds once, here
+        return lambda: AffineTransformer(log_scale_bounds)
+    if update == "gated":
+        return lambda: GatedTransformer(gate_bias)
+    raise ValueError(f"update must be 'affine' or 'gated', got {update!r}")
+
+
+# ---- the families ---------------------------------------------------------------------------
+
+_AR_DENSITY = "1 pass (MADE)"
+_AR_SEQUENTIAL = "D sequential passes"
+
+
+@register_flow(
+    "iaf",
+    paper="Kingma et al. 2016, Improved variational inference with inverse autoregressive flow",
+    one_pass_sampling=True,
+    sampling_cost=_AR_DENSITY,
+    density_cost=_AR_SEQUENTIAL,
+    inverse="closed form per pass",
+)
+def _build_iaf(
+    dim, context_dim, num_transforms, *, update="affine", log_scale_bounds=(-4.0, 1.0),
+    gate_bias=2.0, **options,
+):
+    make = _affine_like(update, log_scale_bounds, gate_bias)
+    return autoregressive_stack(dim, context_dim, num_transforms, make, **options)
+
+
+@register_flow(
+    "maf",
+    paper="Papamakarios et al. 2017, Masked autoregressive flow for density estimation",
+    one_pass_sampling=False,
+    sampling_cost=_AR_SEQUENTIAL,
+    density_cost=_AR_DENSITY,
+    inverse="closed form per pass",
+)
+def _build_maf(
+    dim, context_dim, num_transforms, *, update="affine", log_scale_bounds=(-4.0, 1.0),
+    gate_bias=2.0, **options,
+):
+    make = _affine_like(update, log_scale_bounds, gate_bias)
+    options.setdefault("direction", "maf")
+    return autoregressive_stack(dim, context_dim, num_transforms, make, **options)
+
+
+@register_flow(
+    "naf",
+    paper="Huang et al. 2018, Neural autoregressive flows",
+    one_pass_sampling=True,
+    sampling_cost=_AR_DENSITY + " (direction='iaf', the default)",
+    density_cost=_AR_SEQUENTIAL + " (direction='iaf'); 1 pass with direction='maf'",
+    inverse="bisection per pass",
+    identity_at_init=False,
+)
+def _build_naf(
+    dim, context_dim, num_transforms, *, transformer="dsf", hidden_units=8, depth=2,
+    max_log_slope=7.0, **options,
+):
+    SigmoidalTransformer(transformer, hidden_units, depth, max_log_slope)  # validates
+    return autoregressive_stack(
+        dim, context_dim, num_transforms,
+        lambda: SigmoidalTransformer(transformer, hidden_units, depth, max_log_slope), **options,
+    )
+
+
+@register_flow(
+    "nsf",
+    paper="Durkan et al. 2019, Neural spline flows",
+    one_pass_sampling=True,
+    sampling_cost="1 pass (direction='iaf', the default, or structure='coupling')",
+    density_cost=_AR_SEQUENTIAL + " (direction='iaf'); 1 pass with direction='maf' or coupling",
+    inverse="closed form (quadratic root) per pass",
+)
+def _build_nsf(
+    dim, context_dim, num_transforms, *, num_bins=8, bound=4.0,
+    structure: Literal["autoregressive", "coupling"] = "autoregressive", **options,
+):
+    SplineTransformer(num_bins, bound)  # validates
+    make = lambda: SplineTransformer(num_bins, bound)  # noqa: E731
+    if structure == "autoregressive":
+        return autoregressive_stack(dim, context_dim, num_transforms, make, **options)
+    if structure == "coupling":
+        return coupling_stack(dim, context_dim, num_transforms, make, **options)
+    raise ValueError(f"structure must be 'autoregressive' or 'coupling', got {structure!r}")
+
+
+@register_flow(
+    "realnvp",
+    paper="Dinh et al. 2017, Density estimation using Real NVP",
+    one_pass_sampling=True,
+    sampling_cost="1 pass (MLP per layer)",
+    density_cost="1 pass (MLP per layer)",
+    inverse="closed form",
+    default_num_transforms=4,
+)
+def _build_realnvp(dim, context_dim, num_transforms, *, log_scale_bounds=(-4.0, 1.0), **options):
+    make = _affine_like("affine", log_scale_bounds, None)
+    return coupling_stack(dim, context_dim, num_transforms, make, **options)
+
+
+@register_flow(
+    "nice",
+    paper="Dinh et al. 2015, NICE: non-linear independent components estimation",
+    one_pass_sampling=True,
+    sampling_cost="1 pass (MLP per layer)",
+    density_cost="1 pass (MLP per layer)",
+    inverse="closed form",
+    default_num_transforms=4,
+)
+def _build_nice(dim, context_dim, num_transforms, *, scaling: bool = True, **options):
+    layers = coupling_stack(dim, context_dim, num_transforms, AdditiveTransformer, **options)
+    if scaling:  # NICE's final diagonal scaling: the only volume change of the model
+        layers.append(_DiagonalScaling(dim))
+    return layers
+
+
+@register_flow(
+    "planar",
+    paper="Rezende & Mohamed 2015, Variational inference with normalizing flows",
+    one_pass_sampling=True,
+    sampling_cost="1 pass (O(D) per layer)",
+    density_cost="1 scalar root solve per layer",
+    inverse="bisection on a bracket, then Newton",
+    default_num_transforms=16,
+)
+def _build_planar(dim, context_dim, num_transforms, *, init_w_scale=None):
+    return [PlanarFlow(dim, init_w_scale, context_dim) for _ in range(num_transforms)]
+
+
+class _DiagonalScaling(FlowLayer):
+    """``x = u·exp(s)``, learnable ``s`` starting at 0 (NICE's scaling layer)."""
+
+    def __init__(self, dim: int):
+        super().__init__(dim, 0)
+        self.log_scale = nn.Parameter(torch.zeros(dim))
+
+    def forward_with_log_det(self, u, context=None, need_log_det=True):
+        x = u * torch.exp(self.log_scale)
+        return x, self.log_scale.sum(-1).expand(u.shape[:-1]) if need_log_det else None
+
+    def inverse_with_log_det(self, x, context=None):
+        return x * torch.exp(-self.log_scale), self.log_scale.sum(-1).expand(x.shape[:-1])
