@@ -1,4 +1,5 @@
-"""The ``pyroflows`` command line: ``pyroflows demo`` fits flow guides on a built-in model."""
+"""The ``pyroflows`` command line: ``pyroflows demo`` fits flow guides on a built-in model;
+``pyroflows flows`` lists the registered flow families."""
 
 from __future__ import annotations
 
@@ -15,8 +16,22 @@ from pyroflows.diagnostics.free_energy import format_reports
 from pyroflows.guides.registry import available_guides, make_guide
 from pyroflows.infer.fit import fit
 from pyroflows.models import builtin_models
+from pyroflows.transforms.registry import available_flows, flow_family
 
-__all__ = ["main", "run_demo"]
+__all__ = ["describe_flows", "main", "run_demo"]
+
+
+def describe_flows() -> str:
+    """One line per registered flow family: name, guide or not, costs, inverse, paper."""
+    lines = []
+    for name in available_flows():
+        family = flow_family(name)
+        guide = "guide" if family.one_pass_sampling else "density only"
+        lines.append(
+            f"{name:8s} {guide:12s} draw: {family.sampling_cost}; density: "
+            f"{family.density_cost}; inverse: {family.inverse}\n{'':21s}{family.paper}"
+        )
+    return "\n".join(lines)
 
 
 def _make(name: str, model):
@@ -80,7 +95,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--steps", type=int, default=1500)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--no-progress", action="store_true")
+    commands.add_parser("flows", help="list the registered flow families")
     args = parser.parse_args(argv)
+    if args.command == "flows":
+        print(describe_flows())
+        return 0
 
     logging.getLogger("pyro").setLevel(logging.WARNING)
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))

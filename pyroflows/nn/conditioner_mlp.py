@@ -45,7 +45,7 @@ class ConditionerMLP(nn.Module):
         sizes = [in_features + context_dim, *hidden_dims]
         layers: list[nn.Module] = []
         for d_in, d_out in zip(sizes[:-1], sizes[1:], strict=True):
-            layers += [nn.Linear(d_in, d_out), activation if activation is not None else nn.ELU()]
+            layers += [nn.Linear(d_in, d_out), activation if activation is not None else nn.SiLU()]
         self.hidden = nn.Sequential(*layers)
         with warnings.catch_warnings():  # out_features = 0: a layer with nothing to change
             warnings.filterwarnings("ignore", "Initializing zero-element tensors")

@@ -54,6 +54,10 @@ class Transformer(nn.Module):
                 f"got {tuple(param_offset.shape)}"
             )
         self.register_buffer("param_offset", param_offset.unsqueeze(-1))
+        self._offset_is_zero = not bool(param_offset.any())
+
+    def _offset(self, raw_params: torch.Tensor) -> torch.Tensor:
+        return raw_params if self._offset_is_zero else raw_params + self.param_offset
 
     # ---- what a subclass provides ----------------------------------------------------------
 
@@ -73,13 +77,13 @@ class Transformer(nn.Module):
         self, x: torch.Tensor, raw_params: torch.Tensor, need_log_slope: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(y, log dy/dx)``, both shaped like ``x``; the second is None when not asked for."""
-        return self._forward(x, raw_params + self.param_offset, need_log_slope)
+        return self._forward(x, self._offset(raw_params), need_log_slope)
 
     def inverse(
         self, y: torch.Tensor, raw_params: torch.Tensor, need_log_slope: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(x, log dy/dx at x)`` with ``τ(x) = y``."""
-        params = raw_params + self.param_offset
+        params = self._offset(raw_params)
         x = self._inverse(y, params)
         if not need_log_slope:
             return x, None
