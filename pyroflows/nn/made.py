@@ -102,8 +102,8 @@ class MADE(nn.Module):
         skip_connection: add a masked linear map from inputs straight to outputs, so that
             linear (Gaussian) dependencies are represented exactly; ``"auto"`` (default) keeps
             it while its ``num_params * D²`` weights fit :data:`SKIP_CONNECTION_MAX_WEIGHTS`.
-        activation: the hidden nonlinearity (default SiLU: smooth, for HMC with NeuTra, and half the cost
-            of ELU on a CPU).
+        activation: the hidden nonlinearity (default SiLU: smooth, for HMC with NeuTra, and
+            half the cost of ELU on a CPU).
 
     Example:
         >>> made = MADE(3, [16], num_params=2)
