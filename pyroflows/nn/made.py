@@ -42,15 +42,28 @@ def skip_connection_fits(input_dim: int, num_params: int) -> bool:
 
 
 class MaskedLinear(nn.Linear):
-    """A linear layer whose weight is multiplied by a fixed 0/1 mask (a buffer)."""
+    """A linear layer whose weight is multiplied by a fixed mask (a buffer).
 
-    def __init__(self, in_features: int, out_features: int, mask: torch.Tensor, bias: bool = True):
+    ``weight_scale`` multiplies the mask: ``y = (scale ⊙ mask ⊙ W) x + b``. Since Adam moves
+    every weight by about ``lr`` per step whatever its gradient's size, a scale ``c`` on a row
+    is a learning rate ``c·lr`` for what that row computes.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        mask: torch.Tensor,
+        bias: bool = True,
+        weight_scale: float | torch.Tensor = 1.0,
+    ):
         super().__init__(in_features, out_features, bias=bias)
         if mask.shape != (out_features, in_features):
             raise ValueError(
                 f"mask has shape {tuple(mask.shape)}, expected {(out_features, in_features)}"
             )
-        self.register_buffer("mask", mask.to(self.weight.dtype))
+        scale = torch.as_tensor(weight_scale, dtype=self.weight.dtype)
+        self.register_buffer("mask", mask.to(self.weight.dtype) * scale)
 
     def masked_weight(self) -> torch.Tensor:
         return self.weight * self.mask
@@ -120,6 +133,7 @@ class MADE(nn.Module):
         context_dim: int = 0,
         skip_connection: bool | str = "auto",
         activation: nn.Module | None = None,
+        output_scaling: float = 0.0,
     ):
         super().__init__()
         if skip_connection == "auto":
@@ -158,12 +172,20 @@ class MADE(nn.Module):
             first_mask = degrees[1][:, None] >= degrees[0][None, :]
         else:
             first_mask = direct_mask
-        self.input_layer = MaskedLinear(input_dim, first_mask.shape[0], first_mask)
+        def row_scale(mask: torch.Tensor) -> torch.Tensor:
+            return mask.sum(1, keepdim=True).clamp_min(1).float() ** -output_scaling
+
+        self.input_layer = MaskedLinear(
+            input_dim, first_mask.shape[0], first_mask,
+            weight_scale=1.0 if self.hidden_dims else row_scale(first_mask),
+        )
         if not self.hidden_dims:  # the input layer is the output layer
             _zero_(self.input_layer)
         self.skip_layer: MaskedLinear | None = None
         if self.skip_connection:
-            self.skip_layer = MaskedLinear(input_dim, num_outputs, direct_mask, bias=False)
+            self.skip_layer = MaskedLinear(
+                input_dim, num_outputs, direct_mask, bias=False, weight_scale=row_scale(direct_mask)
+            )
             _zero_(self.skip_layer)
         self.context_layer: nn.Linear | None = None
         self.context_output_layer: nn.Linear | None = None
@@ -181,7 +203,9 @@ class MADE(nn.Module):
         self.output_layer: MaskedLinear | None = None
         if self.hidden_dims:
             out_mask = output_degrees[:, None] > degrees[-1][None, :]
-            self.output_layer = MaskedLinear(self.hidden_dims[-1], num_outputs, out_mask)
+            self.output_layer = MaskedLinear(
+                self.hidden_dims[-1], num_outputs, out_mask, weight_scale=row_scale(out_mask)
+            )
             _zero_(self.output_layer)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:

@@ -224,6 +224,7 @@ def autoregressive_stack(
     skip_connection: bool | str = "auto",
     activation: nn.Module | None = None,
     batch_norm: bool = False,
+    output_scaling: float = 0.0,
 ) -> list[Transform]:
     """``num_transforms`` autoregressive layers with alternating (or random) orderings."""
     hidden_dims = _check_hidden_dims(hidden_dims, dim, context_dim)
@@ -233,6 +234,7 @@ def autoregressive_stack(
         made = MADE(
             dim, hidden_dims, num_params=transformer.num_params, ordering=ordering,
             context_dim=context_dim, skip_connection=skip_connection, activation=activation,
+            output_scaling=output_scaling,
         )
         layers.append(AutoregressiveTransform(made, transformer, direction))
     return _with_batch_norm(layers, dim, batch_norm)
