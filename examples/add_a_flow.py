@@ -4,8 +4,9 @@ The example family is an autoregressive flow whose transformer is the sinh-arcsi
 Jones & Pewsey (2009), ``y = sinh(δ·asinh(x) - ε)``: it skews (``ε``) and fattens or thins the
 tails (``δ``) of each coordinate. Both are smoothly bounded, ``δ = exp(½ tanh(s))`` and
 ``ε = 2 tanh(e / 2)`` from the conditioner's ``(e, s)``, because stacked layers raise the tails
-to the power ``δ`` and scale them by ``e^ε`` each; ``(e, s) = (0, 0)`` is the identity. Once registered, ``make_flow("sinh-arcsinh", ...)``, ``make_guide("sinh-arcsinh",
-model)`` (an ``AutoFlow``), ``AmortizedFlowPosterior(flow="sinh-arcsinh")`` and
+to the power ``δ`` and scale them by ``e^ε`` each; ``(e, s) = (0, 0)`` is the identity. Once
+registered, ``make_flow("sinh-arcsinh", ...)``, ``make_guide("sinh-arcsinh", model)`` (an
+``AutoFlow``), ``AmortizedFlowPosterior(flow="sinh-arcsinh")`` and
 ``FlowPrior(flow="sinh-arcsinh")`` all work, and ``tests/test_add_a_flow.py`` runs the
 transform contract and the guide conformance checks on it.
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import pyro
 import pyro.distributions as dist
 import pytest
+import test_transform_contract as contract
 import torch
 from pyro.infer import SVI, Trace_ELBO
 
-import test_transform_contract as contract
 from pyroflows import make_guide
 from pyroflows.amortized import AmortizedFlowPosterior, FlowPrior
 from pyroflows.transforms.registry import available_flows, unregister_flow

@@ -28,9 +28,14 @@ def _posterior(flow: str, **kwargs) -> AmortizedFlowPosterior:
 
 
 def _perturb(module: nn.Module, scale: float = 0.3) -> None:
+    """Moves every parameter off its start; matrices by ``scale / sqrt(fan_in)`` per entry, so
+    the flow's raw parameters are of order ``scale`` whatever the width (0.3 per entry of a
+    300-wide layer would give raw spline parameters of ±8: bins e^16 apart, a flow no training
+    produces, and one whose inverse float rounding cannot follow)."""
     with torch.no_grad():
         for parameter in module.parameters():
-            parameter.add_(scale * torch.randn_like(parameter))
+            size = scale / parameter.shape[-1] ** 0.5 if parameter.dim() == 2 else scale
+            parameter.add_(size * torch.randn_like(parameter))
 
 
 @pytest.mark.parametrize("flow", sorted(POSTERIOR_FLOWS))

@@ -3,17 +3,40 @@ sampling (IAF) or the density (MAF) direction."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
+from torch import nn
 
-from pyroflows.nn.made import MADE
+from pyroflows.nn.made import MADE, default_hidden_dims
 from pyroflows.transforms.layer import FlowLayer, check_context
 from pyroflows.transforms.transformers.base import Transformer
 
-__all__ = ["AutoregressiveTransform", "Direction"]
+__all__ = ["AutoregressiveTransform", "Direction", "made_for"]
 
 Direction = Literal["iaf", "maf"]
+
+
+def made_for(
+    transformer: Transformer,
+    input_dim: int,
+    hidden_dims: Sequence[int] | None = None,
+    ordering: torch.Tensor | Sequence[int] | None = None,
+    context_dim: int = 0,
+    skip_connection: bool | str = "auto",
+    activation: nn.Module | None = None,
+    output_scaling: float = 0.0,
+) -> MADE:
+    """A fresh MADE that emits ``transformer.num_params`` numbers per coordinate (default
+    widths: :func:`pyroflows.nn.default_hidden_dims`)."""
+    if hidden_dims is None:
+        hidden_dims = default_hidden_dims(input_dim, context_dim)
+    return MADE(
+        input_dim, hidden_dims, num_params=transformer.num_params, ordering=ordering,
+        context_dim=context_dim, skip_connection=skip_connection, activation=activation,
+        output_scaling=output_scaling,
+    )
 
 
 class AutoregressiveTransform(FlowLayer):

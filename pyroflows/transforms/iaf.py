@@ -9,8 +9,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from pyroflows.nn.made import MADE, default_hidden_dims
-from pyroflows.transforms.autoregressive import AutoregressiveTransform, Direction
+from pyroflows.transforms.autoregressive import AutoregressiveTransform, Direction, made_for
 from pyroflows.transforms.transformers import AffineTransformer, GatedTransformer
 
 __all__ = ["IAFUpdate", "InverseAutoregressiveFlow"]
@@ -58,16 +57,8 @@ class InverseAutoregressiveFlow(AutoregressiveTransform):
             transformer = GatedTransformer(gate_bias)
         else:
             raise ValueError(f"update must be 'affine' or 'gated', got {update!r}")
-        if hidden_dims is None:
-            hidden_dims = default_hidden_dims(input_dim, context_dim)
-        made = MADE(
-            input_dim,
-            hidden_dims,
-            num_params=transformer.num_params,
-            ordering=ordering,
-            context_dim=context_dim,
-            skip_connection=skip_connection,
-            activation=activation,
+        made = made_for(
+            transformer, input_dim, hidden_dims, ordering, context_dim, skip_connection, activation
         )
         super().__init__(made, transformer, direction)
         self.update = update

@@ -9,8 +9,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from pyroflows.nn.made import MADE, default_hidden_dims
-from pyroflows.transforms.autoregressive import AutoregressiveTransform, Direction
+from pyroflows.transforms.autoregressive import AutoregressiveTransform, Direction, made_for
 from pyroflows.transforms.transformers import SigmoidalTransformer, sigmoidal_stage_dims
 
 __all__ = ["NeuralAutoregressiveFlow", "sigmoidal_stage_dims"]
@@ -46,15 +45,7 @@ class NeuralAutoregressiveFlow(AutoregressiveTransform):
         direction: Direction = "iaf",
     ):
         sigmoidal = SigmoidalTransformer(transformer, hidden_units, depth)
-        if hidden_dims is None:
-            hidden_dims = default_hidden_dims(input_dim, context_dim)
-        made = MADE(
-            input_dim,
-            hidden_dims,
-            num_params=sigmoidal.num_params,
-            ordering=ordering,
-            context_dim=context_dim,
-            skip_connection=skip_connection,
-            activation=activation,
+        made = made_for(
+            sigmoidal, input_dim, hidden_dims, ordering, context_dim, skip_connection, activation
         )
         super().__init__(made, sigmoidal, direction)

@@ -28,8 +28,8 @@ from torch import nn
 from torch.distributions import Transform
 
 from pyroflows.nn.conditioner_mlp import ConditionerMLP
-from pyroflows.nn.made import MADE, default_hidden_dims
-from pyroflows.transforms.autoregressive import AutoregressiveTransform, Direction
+from pyroflows.nn.made import default_hidden_dims
+from pyroflows.transforms.autoregressive import AutoregressiveTransform, Direction, made_for
 from pyroflows.transforms.batchnorm import BatchNorm
 from pyroflows.transforms.coupling import CouplingTransform, alternating_mask
 from pyroflows.transforms.layer import FlowLayer
@@ -231,10 +231,9 @@ def autoregressive_stack(
     layers: list[Transform] = []
     for ordering in orderings(dim, num_transforms, permutation):
         transformer = make_transformer()
-        made = MADE(
-            dim, hidden_dims, num_params=transformer.num_params, ordering=ordering,
-            context_dim=context_dim, skip_connection=skip_connection, activation=activation,
-            output_scaling=output_scaling,
+        made = made_for(
+            transformer, dim, hidden_dims, ordering, context_dim, skip_connection, activation,
+            output_scaling,
         )
         layers.append(AutoregressiveTransform(made, transformer, direction))
     return _with_batch_norm(layers, dim, batch_norm)
@@ -279,37 +278,37 @@ _AR_DENSITY = "1 pass (MADE)"
 _AR_SEQUENTIAL = "D sequential passes"
 
 
-@register_flow(
+def _affine_autoregressive(direction: Direction):
+    """The builder of the ``iaf`` and ``maf`` families: affine (or gated) autoregressive layers
+    whose default direction is ``direction``."""
+
+    def build(
+        dim, context_dim, num_transforms, *, update="affine", log_scale_bounds=(-4.0, 1.0),
+        gate_bias=2.0, **options,
+    ):
+        make = _affine_like(update, log_scale_bounds, gate_bias)
+        options.setdefault("direction", direction)
+        return autoregressive_stack(dim, context_dim, num_transforms, make, **options)
+
+    return build
+
+
+register_flow(
     "iaf",
     paper="Kingma et al. 2016, Improved variational inference with inverse autoregressive flow",
     one_pass_sampling=True,
     sampling_cost=_AR_DENSITY,
     density_cost=_AR_SEQUENTIAL,
     inverse="closed form per pass",
-)
-def _build_iaf(
-    dim, context_dim, num_transforms, *, update="affine", log_scale_bounds=(-4.0, 1.0),
-    gate_bias=2.0, **options,
-):
-    make = _affine_like(update, log_scale_bounds, gate_bias)
-    return autoregressive_stack(dim, context_dim, num_transforms, make, **options)
-
-
-@register_flow(
+)(_affine_autoregressive("iaf"))
+register_flow(
     "maf",
     paper="Papamakarios et al. 2017, Masked autoregressive flow for density estimation",
     one_pass_sampling=False,
     sampling_cost=_AR_SEQUENTIAL,
     density_cost=_AR_DENSITY,
     inverse="closed form per pass",
-)
-def _build_maf(
-    dim, context_dim, num_transforms, *, update="affine", log_scale_bounds=(-4.0, 1.0),
-    gate_bias=2.0, **options,
-):
-    make = _affine_like(update, log_scale_bounds, gate_bias)
-    options.setdefault("direction", "maf")
-    return autoregressive_stack(dim, context_dim, num_transforms, make, **options)
+)(_affine_autoregressive("maf"))
 
 
 @register_flow(
