@@ -11,7 +11,7 @@ from pyro.infer import MCMC, NUTS, SVI, Predictive, Trace_ELBO
 from pyro.infer.autoguide import AutoContinuous, AutoIAFNormal, init_to_value
 from pyro.infer.reparam import NeuTraReparam
 
-from pyroflows import AutoIAF, available_guides, fit, make_guide
+from pyroflows import free_energy_report, AutoIAF, available_guides, fit, make_guide
 from pyroflows.models import banana, linear_regression
 
 
@@ -69,14 +69,24 @@ def test_first_samples_start_at_init_loc_not_at_zero():
     # Pyro's AutoIAFNormal starts at 0 with scale 1, a hundred prior sds away
     pyro_guide = AutoIAFNormal(far_away_model)
     assert pyro_guide(data)["mu"].abs() < 10
-    # init_to_value puts the guide exactly where asked
+    # with init="median", init_to_value puts the guide exactly where asked
     pyro.clear_param_store()  # a new guide of the same name would adopt the stored values
     guide = AutoIAF(
         far_away_model,
         init_loc_fn=init_to_value(values={"mu": torch.tensor(99.0)}),
         init_scale=1e-3,
+        init="median",
     )
     assert abs(float(guide(data)["mu"].detach()) - 99.0) < 0.01
+    # by default the guide starts at the Laplace approximation, from that point: the posterior
+    pyro.clear_param_store()
+    guide = AutoIAF(far_away_model, init_loc_fn=init_to_value(values={"mu": torch.tensor(99.0)}))
+    first = torch.stack([guide(data)["mu"].detach() for _ in range(2000)])
+    post_mean = float(data.sum() / 0.05**2 + 100.0) / (len(data) / 0.05**2 + 1.0)
+    post_sd = (len(data) / 0.05**2 + 1.0) ** -0.5
+    assert guide.start.method == "laplace"
+    assert abs(float(first.mean()) - post_mean) < 5 * post_sd / 2000**0.5
+    assert abs(float(first.std()) / post_sd - 1.0) < 0.1
     # a short fit reaches the 0.01-wide posterior
     pyro.clear_param_store()
     guide = AutoIAF(far_away_model)
@@ -227,10 +237,17 @@ def test_float64_models_get_float64_guides():
 
 def test_plain_svi_loop_works_like_any_autoguide():
     problem = linear_regression(dim=4)
-    guide = AutoIAF(problem.model, update="gated")
-    svi = SVI(problem.model, guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
-    losses = [svi.step(*problem.args) for _ in range(300)]
-    assert sum(losses[-30:]) < sum(losses[:30])
+    for init in ("median", "laplace"):
+        pyro.clear_param_store()
+        guide = AutoIAF(problem.model, update="gated", init=init)
+        svi = SVI(problem.model, guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
+        losses = [svi.step(*problem.args) for _ in range(300)]
+        report = free_energy_report(problem.model, guide, *problem.args, num_samples=4000)
+        kl = problem.log_evidence + report.free_energy
+        if init == "median":  # from init_loc_fn: it learns
+            assert sum(losses[-30:]) < sum(losses[:30])
+        else:  # from the exact (Gaussian) posterior: it stays close (0.1 nats of noise floor)
+            assert kl < 0.1, f"KL = {kl:.3f}"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

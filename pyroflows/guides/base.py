@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 import pyro
 import pyro.distributions as dist
@@ -25,9 +26,23 @@ from pyro.params import param_with_module_name
 from torch.distributions import biject_to
 
 from pyroflows.distributions import FlowDistribution
-from pyroflows.transforms.affine import ElementwiseAffine
+from pyroflows.guides.start import (
+    FULL_HESSIAN_MAX_DIM,
+    Start,
+    laplace_start,
+    unconstrained_log_joint,
+)
+from pyroflows.transforms.affine_stage import AffineStage
 
 __all__ = ["AutoFlowGuide", "GuideSetupError"]
+
+#: up to this many latent dimensions the affine stage is full rank (a lower-triangular
+#: matrix of D² numbers); above it, diagonal
+FULL_AFFINE_MAX_DIM = 1000
+#: draws from which the candidate starts' ELBOs are compared
+START_DRAWS = 64
+#: the Laplace scale is also tried shrunk by these factors
+LAPLACE_SHRINK_FACTORS = (0.5, 0.25)
 
 
 class GuideSetupError(RuntimeError):
@@ -59,12 +74,27 @@ class AutoFlowGuide(AutoContinuous):
     #: the name under which the guide is registered (set by :func:`register_guide`)
     registry_name: str = ""
 
-    def __init__(self, model, *, init_loc_fn=init_to_median, init_scale: float = 0.1):
+    def __init__(
+        self,
+        model,
+        *,
+        init_loc_fn=init_to_median,
+        init_scale: float = 0.1,
+        init: Literal["laplace", "median"] = "laplace",
+    ):
         if not (isinstance(init_scale, int | float) and init_scale > 0):
             raise ValueError(f"init_scale must be a positive number, got {init_scale!r}")
+        if init not in ("laplace", "median"):
+            raise ValueError(
+                f"init must be 'laplace' (a MAP and Laplace covariance start) or 'median' (the "
+                f"init_loc_fn values with init_scale), got {init!r}"
+            )
         self.init_scale = float(init_scale)
+        self.init = init
         super().__init__(model, init_loc_fn=init_loc_fn)
         self.flow: ComposeTransformModule | None = None
+        #: the start the affine stage was built at (set up with the model)
+        self.start: Start | None = None
 
     # ---- what a subclass provides -------------------------------------------------------------
 
@@ -73,8 +103,12 @@ class AutoFlowGuide(AutoContinuous):
         raise NotImplementedError
 
     def settings(self) -> dict[str, object]:
-        """The guide's hyperparameters, for reports and export."""
-        return {"init_scale": self.init_scale}
+        """The guide's hyperparameters, for reports and export (with the start used, once the
+        guide has seen the model)."""
+        settings: dict[str, object] = {"init": self.init, "init_scale": self.init_scale}
+        if self.start is not None:
+            settings["start"] = self.start.describe()
+        return settings
 
     # ---- set-up --------------------------------------------------------------------------------
 
@@ -103,14 +137,67 @@ class AutoFlowGuide(AutoContinuous):
         self._check_latent_sites()
         init_loc = self._init_loc()
         layers = list(self.build_flow_layers(self.latent_dim))
+        # the flow layers start at x ≈ c·u: the affine stage divides its start's scale by c
         initial_scale = math.prod(float(getattr(layer, "initial_scale", 1.0)) for layer in layers)
-        affine = ElementwiseAffine(
-            init_loc, torch.full_like(init_loc, self.init_scale / initial_scale)
+        median_start = Start(
+            "init_loc_fn", init_loc, torch.full_like(init_loc, self.init_scale),
+            "the model's init_loc_fn values and init_scale",
         )
-        self.flow = ComposeTransformModule(layers + [affine]).to(
+        candidates = [median_start]
+        if self.init == "laplace":
+            with torch.enable_grad():
+                candidates = laplace_start(
+                    self, init_loc, median_start.scale, args, kwargs,
+                    full_hessian_max_dim=FULL_HESSIAN_MAX_DIM,
+                )
+            # a curved or skewed posterior is poorly covered by its Laplace approximation;
+            # narrower versions of it compete too (the ELBO, being mode seeking, decides)
+            candidates = [
+                shrunk
+                for candidate in candidates[:-1]
+                for shrunk in (candidate, *_shrunk(candidate, LAPLACE_SHRINK_FACTORS))
+            ] + candidates[-1:]
+        structure = "full" if self.latent_dim <= FULL_AFFINE_MAX_DIM else "diagonal"
+        first = candidates[0]
+        scale = first.scale.diagonal() if structure == "diagonal" and first.scale.dim() == 2 \
+            else first.scale
+        stage = AffineStage(first.loc, scale / initial_scale, structure, first.whiten)
+        # a local name: reading self.flow inside a Pyro call registers its parameters
+        flow = ComposeTransformModule(layers + [stage]).to(
             device=init_loc.device, dtype=init_loc.dtype
         )
+        self.start = self._choose_start(candidates, flow, stage, initial_scale, args, kwargs)
+        self.flow = flow
         self._share_parameters_with_param_store()
+
+    @torch.no_grad()
+    def _choose_start(self, candidates, flow, stage, initial_scale, args, kwargs) -> Start:
+        """Keeps the candidate start with the highest ELBO (from ``START_DRAWS`` draws of a
+        generator of its own, so the global random state is untouched and the choice is the
+        same every time the guide is built)."""
+        if len(candidates) == 1:
+            return candidates[0]
+        elbos = []
+        for candidate in candidates:
+            scale = candidate.scale
+            if stage.structure == "diagonal" and scale.dim() == 2:
+                scale = scale.diagonal()
+            stage.restart(candidate.loc, scale / initial_scale, candidate.whiten)
+            elbos.append(_elbo_estimate(self, flow, args, kwargs, START_DRAWS))
+        best = max(range(len(candidates)), key=lambda k: elbos[k])
+        chosen = candidates[best]
+        for candidate, elbo in zip(candidates, elbos, strict=True):
+            chosen.details[f"elbo_{candidate.method}"] = elbo
+        ranking = ", ".join(
+            f"{candidate.method} {elbo:.4g}"
+            for candidate, elbo in zip(candidates, elbos, strict=True)
+        )
+        chosen.reason = f"{chosen.reason}; the best ELBO of the candidate starts ({ranking})"
+        scale = chosen.scale
+        if stage.structure == "diagonal" and scale.dim() == 2:
+            scale = scale.diagonal()
+        stage.restart(chosen.loc, scale / initial_scale, chosen.whiten)
+        return chosen
 
     def _share_parameters_with_param_store(self) -> None:
         """Makes the flow and Pyro's param store hold the very same parameter tensors.
@@ -182,7 +269,7 @@ class AutoFlowGuide(AutoContinuous):
 
     def get_base_dist(self) -> dist.Distribution:
         self._require_setup("get_base_dist")
-        return _standard_normal_like(self.flow[-1].loc)
+        return _standard_normal_like(self.flow[-1].loc0)
 
     def get_transform(self, *args, **kwargs) -> ComposeTransformModule:
         self._require_setup("get_transform", args, kwargs)
@@ -192,7 +279,7 @@ class AutoFlowGuide(AutoContinuous):
         """``FlowDistribution(Normal(0, I), flow)``: log q of its own samples comes for free."""
         self._require_setup("get_posterior", args, kwargs)
         flow = self.flow  # one attribute access: each one registers the parameters with Pyro
-        return FlowDistribution(_standard_normal_like(flow[-1].loc), list(flow))
+        return FlowDistribution(_standard_normal_like(flow[-1].loc0), list(flow))
 
     # ---- summaries ---------------------------------------------------------------------------
 
@@ -234,6 +321,38 @@ class AutoFlowGuide(AutoContinuous):
         self._require_setup("median", args, kwargs)
         quantiles = self.quantiles([0.5], *args, num_samples=num_samples, **kwargs)
         return {name: value[0] for name, value in quantiles.items()}
+
+
+def _shrunk(start: Start, factors) -> list[Start]:
+    return [
+        Start(
+            f"{start.method}×{factor:g}", start.loc, start.scale * factor,
+            f"{start.reason}; scale × {factor:g}", dict(start.details),
+        )
+        for factor in factors
+    ]
+
+
+def _elbo_estimate(guide, flow, args: tuple, kwargs: dict, num_draws: int) -> float:
+    """The ELBO of ``flow``'s distribution from ``num_draws`` draws of a generator seeded with
+    0 (one model evaluation per draw; -inf where the model's density is not finite)."""
+    loc = flow[-1].loc0
+    generator = torch.Generator(device=loc.device).manual_seed(0)
+    noise = torch.randn(
+        (num_draws,) + loc.shape, generator=generator, device=loc.device, dtype=loc.dtype
+    )
+    latent = flow(noise)
+    log_q = _standard_normal_like(loc).log_prob(noise) - flow.log_abs_det_jacobian(noise, latent)
+    total = 0.0
+    for index in range(num_draws):
+        try:
+            log_p = float(unconstrained_log_joint(guide, latent[index], args, kwargs))
+        except (ValueError, RuntimeError):
+            return -math.inf
+        if not math.isfinite(log_p):
+            return -math.inf
+        total += log_p - float(log_q[index])
+    return total / num_draws
 
 
 def _standard_normal_like(loc: torch.Tensor) -> dist.Distribution:

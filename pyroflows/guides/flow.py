@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from pyro.infer.autoguide.initialization import init_to_median
 
@@ -27,7 +29,11 @@ class AutoFlow(AutoFlowGuide):
         flow: the family name (default ``"iaf"``).
         num_transforms: layers (default: the family's).
         init_loc_fn: per-site initialization (default ``init_to_median``).
-        init_scale: initial posterior scale in unconstrained space (default 0.1).
+        init_scale: initial posterior scale in unconstrained space when starting from
+            ``init_loc_fn`` (default 0.1).
+        init: ``"laplace"`` (default): start at a Laplace approximation ``N(MAP, H⁻¹)`` found by
+            L-BFGS, when its ELBO beats the ``init_loc_fn`` start's; ``"median"``: start at the
+            ``init_loc_fn`` values with ``init_scale`` (see :mod:`pyroflows.guides.start`).
         **flow_options: passed to the family's builder (``hidden_dims``, ``num_bins``, ...).
 
     Example:
@@ -42,6 +48,7 @@ class AutoFlow(AutoFlowGuide):
         num_transforms: int | None = None,
         init_loc_fn=init_to_median,
         init_scale: float = 0.1,
+        init: Literal["laplace", "median"] = "laplace",
         **flow_options,
     ):
         if flow not in available_flows():
@@ -65,7 +72,7 @@ class AutoFlow(AutoFlowGuide):
         self.flow_name = flow
         self.num_transforms = num_transforms
         self.flow_options = dict(flow_options)
-        super().__init__(model, init_loc_fn=init_loc_fn, init_scale=init_scale)
+        super().__init__(model, init_loc_fn=init_loc_fn, init_scale=init_scale, init=init)
 
     def settings(self) -> dict[str, object]:
         return {

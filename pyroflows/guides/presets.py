@@ -55,12 +55,14 @@ class AutoIAF(AutoFlow):
         permutation: Permutation = "reverse",
         init_loc_fn=init_to_median,
         init_scale: float = 0.1,
+        init: Literal["laplace", "median"] = "laplace",
         skip_connection: bool | str = "auto",
         log_scale_bounds: tuple[float, float] = (-4.0, 1.0),
     ):
         super().__init__(
             model, flow="iaf", num_transforms=num_transforms, init_loc_fn=init_loc_fn,
-            init_scale=init_scale, hidden_dims=None if hidden_dims is None else list(hidden_dims),
+            init_scale=init_scale, init=init,
+            hidden_dims=None if hidden_dims is None else list(hidden_dims),
             update=update, permutation=permutation, skip_connection=skip_connection,
             log_scale_bounds=tuple(log_scale_bounds),
         )
@@ -102,10 +104,11 @@ class AutoNAF(AutoFlow):
         permutation: Permutation = "reverse",
         init_loc_fn=init_to_median,
         init_scale: float = 0.1,
+        init: Literal["laplace", "median"] = "laplace",
     ):
         super().__init__(
             model, flow="naf", num_transforms=num_transforms, init_loc_fn=init_loc_fn,
-            init_scale=init_scale, transformer=transformer, hidden_units=hidden_units,
+            init_scale=init_scale, init=init, transformer=transformer, hidden_units=hidden_units,
             depth=depth, hidden_dims=None if hidden_dims is None else list(hidden_dims),
             permutation=permutation,
         )
@@ -132,11 +135,11 @@ class AutoPlanar(AutoFlow):
 
     def __init__(
         self, model, *, num_transforms: int = 16, init_loc_fn=init_to_median,
-        init_scale: float = 0.1,
+        init_scale: float = 0.1, init: Literal["laplace", "median"] = "laplace",
     ):
         super().__init__(
             model, flow="planar", num_transforms=num_transforms, init_loc_fn=init_loc_fn,
-            init_scale=init_scale,
+            init_scale=init_scale, init=init,
         )
 
 
@@ -166,10 +169,12 @@ class AutoRealNVP(AutoFlow):
         log_scale_bounds: tuple[float, float] = (-4.0, 1.0),
         init_loc_fn=init_to_median,
         init_scale: float = 0.1,
+        init: Literal["laplace", "median"] = "laplace",
     ):
         super().__init__(
             model, flow="realnvp", num_transforms=num_transforms, init_loc_fn=init_loc_fn,
-            init_scale=init_scale, hidden_dims=None if hidden_dims is None else list(hidden_dims),
+            init_scale=init_scale, init=init,
+            hidden_dims=None if hidden_dims is None else list(hidden_dims),
             log_scale_bounds=tuple(log_scale_bounds),
         )
 
@@ -191,10 +196,12 @@ class AutoNICE(AutoFlow):
         hidden_dims: Sequence[int] | None = None,
         init_loc_fn=init_to_median,
         init_scale: float = 0.1,
+        init: Literal["laplace", "median"] = "laplace",
     ):
         super().__init__(
             model, flow="nice", num_transforms=num_transforms, init_loc_fn=init_loc_fn,
-            init_scale=init_scale, hidden_dims=None if hidden_dims is None else list(hidden_dims),
+            init_scale=init_scale, init=init,
+            hidden_dims=None if hidden_dims is None else list(hidden_dims),
         )
 
 
@@ -233,12 +240,14 @@ class AutoNSF(AutoFlow):
         permutation: Permutation = "reverse",
         init_loc_fn=init_to_median,
         init_scale: float = 0.1,
+        init: Literal["laplace", "median"] = "laplace",
     ):
         options = {"num_bins": num_bins, "bound": bound, "structure": structure}
         if structure == "autoregressive":
             options["permutation"] = permutation
         super().__init__(
             model, flow="nsf", num_transforms=num_transforms, init_loc_fn=init_loc_fn,
-            init_scale=init_scale, hidden_dims=None if hidden_dims is None else list(hidden_dims),
+            init_scale=init_scale, init=init,
+            hidden_dims=None if hidden_dims is None else list(hidden_dims),
             **options,
         )
