@@ -89,6 +89,9 @@ class SVIModule(pl.LightningModule):
         lr_decay: the final learning rate as a fraction of ``lr`` (1.0: constant).
         clip_norm: elementwise gradient clipping of ``ClippedAdam``.
         elbo: an ELBO with ``differentiable_loss`` (default ``Trace_ELBO``).
+        optimizer: ``parameters -> torch.optim.Optimizer``, to replace ``ClippedAdam`` (then
+            ``lr``, ``lr_decay`` and ``clip_norm`` are unused), e.g.
+            ``lambda params: torch.optim.Adamax(params, lr=5e-4)``.
         init_batch: a batch to set up the guide with (default: the first training batch).
         step_kwargs: ``step -> dict`` of keyword arguments for the model and guide at each
             (1-based) step, e.g. ``lambda step: {"kl_scale": min(1.0, step / 1000)}``.
@@ -118,6 +121,7 @@ class SVIModule(pl.LightningModule):
         lr_decay: float = 0.1,
         clip_norm: float = 10.0,
         elbo: ELBO | None = None,
+        optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer] | None = None,
         init_batch: object | None = None,
         step_kwargs: Callable[[int], Mapping] | None = None,
         check_batch: bool = True,
@@ -157,6 +161,7 @@ class SVIModule(pl.LightningModule):
         self.lr_decay = float(lr_decay)
         self.clip_norm = float(clip_norm)
         self.elbo = elbo
+        self.optimizer_factory = optimizer
         self.init_batch = init_batch
         self.step_kwargs = step_kwargs
         self.check_batch = check_batch
@@ -183,6 +188,7 @@ class SVIModule(pl.LightningModule):
             "clip_norm": self.clip_norm,
             "num_particles": self.elbo.num_particles,
             "elbo": type(self.elbo).__name__,
+            "optimizer": "ClippedAdam" if self.optimizer_factory is None else "custom",
             "processes": self.trainer.world_size if self._trainer is not None else 1,
             "guide": guide.settings() if hasattr(guide, "settings") else type(guide).__name__,
         }
@@ -294,6 +300,8 @@ class SVIModule(pl.LightningModule):
                 "the model and guide have no parameters to train (SVIModule sets the guide up "
                 "in its setup hook: train it with Trainer.fit)."
             )
+        if self.optimizer_factory is not None:
+            return self.optimizer_factory(self._trained)
         lrd = 1.0
         if self.lr_decay < 1:
             steps = self.trainer.estimated_stepping_batches
