@@ -127,10 +127,8 @@ def main(argv=None) -> int:
     if not trainer.is_global_zero:
         return 0
     pyro.set_rng_seed(args.seed)
-    with torch.no_grad():
-        predictive = pyro.infer.Predictive(model, guide=guide, num_samples=4000,
-                                           return_sites=["w"])
-        draws = predictive(X[:2], y[:2])["w"].reshape(4000, -1)
+    with torch.no_grad(), pyro.plate("draws", 4000, dim=-2):  # the model's plate is dim -1
+        draws = guide(X[:2], y[:2])["w"].reshape(4000, -1)
     exact_mean, exact_sd = exact_posterior(X, y, args.noise)
     result = module.fit_result(X, y, report_samples=args.report_samples)
     print(result)
