@@ -203,7 +203,8 @@ def guide_names(selected: list[str] | None) -> list[str]:
     return selected
 
 
-def run_scaling(args) -> list[dict]:
+def run_scaling(args, save=lambda rows: None) -> list[dict]:
+    """Every guide at every D; ``save(rows)`` after each, so a run cut short keeps its rows."""
     rows = []
     for name in guide_names(args.guides):
         stopped = None
@@ -222,6 +223,7 @@ def run_scaling(args) -> list[dict]:
                 if row["status"] != "ok":
                     stopped = f"{row['status']} at D = {dim}"
             rows.append(row)
+            save(rows)
             print(f"  {label:30s} D={dim:6d}  {_cell(row)}", flush=True)
     return rows
 
@@ -232,8 +234,38 @@ def _cell(row: dict) -> str:
     return f"{row['status']} ({row.get('detail', '')})"
 
 
+def _train_once(args, processes: int, accelerator: str) -> dict:
+    """One run of the regression example; its throughput, or why there is none."""
+    example = ROOT / "examples" / "lightning_regression.py"
+    out = RESULTS / f".ddp_{accelerator}_{processes}"
+    command = [sys.executable, str(example), "--devices", str(processes),
+               "--accelerator", accelerator, "--size", str(args.ddp_rows),
+               "--features", str(args.ddp_features), "--batch-size", str(args.ddp_batch),
+               "--max-steps", str(args.ddp_steps), "--epochs", "1000",
+               "--report-samples", "0", "--threads", str(args.threads), "--out", str(out)]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(args.threads))
+    try:
+        completed = subprocess.run(command, capture_output=True, text=True, env=env,
+                                   timeout=args.time_cap_s)
+    except subprocess.TimeoutExpired:
+        return {"status": "time cap"}
+    if completed.returncode != 0:
+        tail = (completed.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"status": "error", "detail": tail[:300]}
+    summary = json.loads((out / "summary.json").read_text())
+    for leftover in out.iterdir():
+        leftover.unlink()
+    out.rmdir()
+    return {"status": "ok", "steps": summary["steps"], "ms_per_step": summary["ms_per_step"],
+            "rows_per_second": summary["rows_per_second"]}
+
+
 def run_data_parallel(args) -> list[dict]:
-    """SVIModule on 1 and 2 CPU processes (or 1..all GPUs): throughput of the same model."""
+    """SVIModule on 1 and 2 CPU processes (or 1..all GPUs): throughput of the same model.
+
+    The process counts alternate over ``--ddp-rounds`` rounds and each reports its median, so
+    that load from other work on the machine drifts across all of them alike.
+    """
     import torch
 
     if args.device.startswith("cuda"):
@@ -242,43 +274,40 @@ def run_data_parallel(args) -> list[dict]:
     else:
         counts = args.ddp_processes
         accelerator = "cpu"
+    runs: dict[int, list[dict]] = {count: [] for count in counts}
+    for round_index in range(args.ddp_rounds):
+        for processes in counts:
+            run = _train_once(args, processes, accelerator)
+            runs[processes].append(run)
+            shown = (f"{run['ms_per_step']:7.2f} ms/step, {run['rows_per_second']:9.0f} rows/s"
+                     if run["status"] == "ok" else run["status"])
+            print(f"  round {round_index + 1}: SVIModule on {processes} {accelerator} "
+                  f"process(es): {shown}", flush=True)
     rows = []
-    example = ROOT / "examples" / "lightning_regression.py"
-    for processes in counts:
-        out = RESULTS / f".ddp_{accelerator}_{processes}"
-        command = [sys.executable, str(example), "--devices", str(processes),
-                   "--accelerator", accelerator, "--size", str(args.ddp_rows),
-                   "--features", str(args.ddp_features), "--batch-size", str(args.ddp_batch),
-                   "--max-steps", str(args.ddp_steps), "--epochs", "1000",
-                   "--report-samples", "0", "--threads", str(args.threads), "--out", str(out)]
-        env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(args.threads))
-        start = time.perf_counter()
-        try:
-            completed = subprocess.run(command, capture_output=True, text=True, env=env,
-                                       timeout=args.time_cap_s * 2)
-        except subprocess.TimeoutExpired:
-            rows.append({"processes": processes, "status": "time cap"})
-            continue
-        if completed.returncode != 0:
-            tail = (completed.stderr.strip().splitlines() or ["no output"])[-1]
-            rows.append({"processes": processes, "status": "error", "detail": tail[:300]})
-            continue
-        summary = json.loads((out / "summary.json").read_text())
-        for leftover in out.iterdir():
-            leftover.unlink()
-        out.rmdir()
-        row = {"processes": processes, "accelerator": accelerator, "status": "ok",
-               "steps": summary["steps"], "rows_per_step": args.ddp_batch * processes,
-               "ms_per_step": summary["ms_per_step"],
-               "rows_per_second": summary["rows_per_second"],
-               "wall_seconds_with_start_up": time.perf_counter() - start}
+    for processes, attempts in runs.items():
+        ok = [run for run in attempts if run["status"] == "ok"]
+        row = {"processes": processes, "accelerator": accelerator,
+               "rows_per_step": args.ddp_batch * processes, "runs": attempts}
+        if ok:
+            row.update(status="ok", steps=ok[0]["steps"],
+                       ms_per_step=statistics.median(r["ms_per_step"] for r in ok),
+                       rows_per_second=statistics.median(r["rows_per_second"] for r in ok))
+        else:
+            row.update(status=attempts[-1]["status"], detail=attempts[-1].get("detail", ""))
         rows.append(row)
-        print(f"  SVIModule {processes} {accelerator} process(es): {row['ms_per_step']:7.2f} "
-              f"ms/step, {row['rows_per_second']:9.0f} rows/s", flush=True)
     base = next((r for r in rows if r["status"] == "ok" and r["processes"] == 1), None)
     for row in rows:
         if base is not None and row["status"] == "ok":
             row["speed_up"] = row["rows_per_second"] / base["rows_per_second"]
+    print("\n| processes | rows per step | ms per step | rows per second | speed-up |")
+    print("|---|---|---|---|---|")
+    for row in rows:
+        if row["status"] == "ok":
+            print(f"| {row['processes']} {accelerator} | {row['rows_per_step']} | "
+                  f"{row['ms_per_step']:.1f} | {row['rows_per_second']:.0f} | "
+                  f"{row.get('speed_up', float('nan')):.2f} |")
+        else:
+            print(f"| {row['processes']} {accelerator} | {row['status']} | | | |")
     return rows
 
 
@@ -311,8 +340,12 @@ def plot(rows: list[dict], path: Path) -> None:
     figure, (time_axis, memory_axis) = plt.subplots(1, 2, figsize=(10, 4))
     for name in dict.fromkeys(row["label"] for row in rows):
         ok = [r for r in rows if r["label"] == name and r["status"] == "ok"]
+        stopped = [r for r in rows
+                   if r["label"] == name and r["status"] not in ("ok", "skipped")]
         if not ok:
             continue
+        if stopped:
+            name += f" ({stopped[0]['status']} at D = {stopped[0]['dim']})"
         dims = [r["dim"] for r in ok]
         time_axis.plot(dims, [r["ms_per_step"] for r in ok], marker="o", label=name)
         memory_axis.plot(dims, [r["peak_mib"] for r in ok], marker="o", label=name)
@@ -350,9 +383,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--ddp-features", type=int, default=100)
     parser.add_argument("--ddp-batch", type=int, default=4096, help="rows per process and step")
     parser.add_argument("--ddp-steps", type=int, default=100)
+    parser.add_argument("--ddp-rounds", type=int, default=3,
+                        help="alternating rounds over the process counts (median reported)")
     parser.add_argument("--json", type=Path, default=None,
                         help="default benchmarks/results/scaling_<device>.json")
     parser.add_argument("--plot", action="store_true", help="also write a PNG beside the JSON")
+    parser.add_argument("--replot", type=Path, default=None,
+                        help="only redraw the PNG of an earlier JSON (beside it)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -361,6 +398,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.worker:
         print(json.dumps(run_worker(json.loads(args.worker))), flush=True)
+        return 0
+    if args.replot:
+        plot(json.loads(args.replot.read_text())["scaling"], args.replot.with_suffix(".png"))
         return 0
     import pyro
     import torch
@@ -377,14 +417,18 @@ def main(argv=None) -> int:
     report = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                          if k != "worker"},
               "environment": environment, "model": f"z ~ N(0, I_D), {NUM_DATA} x_n ~ N(z, I_D)"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def save(rows: list[dict]) -> None:
+        path.write_text(json.dumps({**report, "scaling": rows}, indent=1))
+
     if not args.no_scaling:
         print(f"latent dimension ({kind}, {args.threads} thread(s) per process):", flush=True)
-        report["scaling"] = run_scaling(args)
+        report["scaling"] = run_scaling(args, save)
         print("\n" + format_table(report["scaling"], args.dims))
     if not args.no_ddp:
         print(f"\ndata-parallel SVIModule ({kind}):", flush=True)
         report["data_parallel"] = run_data_parallel(args)
-    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=1))
     print(f"\nwrote {path}")
     if args.plot and "scaling" in report:

@@ -178,6 +178,21 @@ def test_non_finite_step_is_not_applied_and_named(kind, message):
     assert not all(torch.equal(a, b) for a, b in zip(after, snapshots.before[2], strict=True))
 
 
+def test_training_resumes_from_a_lightning_checkpoint(tmp_path):
+    """The guide is set up before Lightning restores the weights, and the history is kept."""
+    X, y = _data()
+    checkpoint = lightning.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    first = SVIModule(regression, pyroflows.AutoIAF(regression), lr=0.05)
+    _trainer(max_steps=10, enable_checkpointing=True, callbacks=[checkpoint]).fit(
+        first, _loader(X, y))
+    pyro.clear_param_store()  # as in a new process
+    guide = pyroflows.AutoIAF(regression)
+    resumed = SVIModule(regression, guide, lr=0.05)
+    _trainer(max_steps=20).fit(resumed, _loader(X, y), ckpt_path=tmp_path / "last.ckpt")
+    assert resumed.history[:10] == first.history and len(resumed.history) == 20
+    assert pyro.get_param_store()._params["AutoIAF.flow$$$3.loc"] is guide.flow[-1].loc
+
+
 # ---- errors that name the problem ----------------------------------------------------------------
 
 
