@@ -178,6 +178,7 @@ def test_non_finite_step_is_not_applied_and_named(kind, message):
     assert not all(torch.equal(a, b) for a, b in zip(after, snapshots.before[2], strict=True))
 
 
+@pytest.mark.filterwarnings("ignore:.*resuming from a checkpoint that ended before the epoch")
 def test_training_resumes_from_a_lightning_checkpoint(tmp_path):
     """The guide is set up before Lightning restores the weights, and the history is kept."""
     X, y = _data()
