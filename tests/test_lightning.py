@@ -253,7 +253,8 @@ def test_full_size_plate_without_subsample_gets_a_hint():
         with pyro.plate("data", N):
             pyro.sample("y", dist.Normal((X * w).sum(-1), 0.5), obs=y)
 
-    with pytest.raises((ValueError, RuntimeError), match="subsample_size=len"):
+    with pytest.raises(ValueError, match=r"plate\('data'\).*256 vs 32: SVIModule calls "
+                       r"model\(\*batch\) with batches of 32 rows.*subsample_size=len"):
         SVIModule(model, AutoNormal(model)).initialize((X[:32], y[:32]), N)
 
 

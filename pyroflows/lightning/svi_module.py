@@ -251,7 +251,8 @@ class SVIModule(pl.LightningModule):
                     raise
                 size = batch_size_of(args)
                 raise ValueError(
-                    f"{error}. SVIModule calls model(*batch) with batches of {size} rows: a plate "
+                    f"{str(error).splitlines()[0]}: SVIModule calls model(*batch) with batches "
+                    f"of {size} rows, so a plate "
                     "over the data must declare the full size and take the batch as its "
                     "subsample, e.g. pyro.plate('data', N, subsample_size=len(x)) or "
                     "subsample=indices."
