@@ -10,6 +10,12 @@ at the size of ``iaf``) and prior ``normal`` or ``maf``.
 
     python examples/vae_mnist.py --runs diag,iaf --epochs 5 --nll-images 500
     python examples/vae_mnist.py --arch conv --device cuda --amp --epochs 100 --runs diag,iaf
+    python examples/vae_mnist.py --devices 2 --runs iaf --epochs 5     # DDP, two CPU processes
+
+With ``--devices N`` training goes through :class:`pyroflows.lightning.SVIModule` on PyTorch
+Lightning (``strategy="ddp"`` when ``N > 1``, on GPUs with ``--device cuda``): each process takes
+``batch-size / N`` images per step, so a step still sees ``batch-size`` images; Lightning starts the
+other processes by running this script again, and rank 0 evaluates and reports.
 
 The data file is verified against the ``.sha256`` beside it.
 """
@@ -133,14 +139,19 @@ def evaluate(vae: BernoulliVAE, data: torch.Tensor, args: argparse.Namespace) ->
     }
 
 
-def train_one(args, data, posterior_kind: str, prior_kind: str) -> dict:
+def train_one(args, data, posterior_kind: str, prior_kind: str) -> dict | None:
+    """Trains one VAE and evaluates it; None on the Lightning processes other than rank 0."""
     pyro.clear_param_store()
     vae = build_vae(args, posterior_kind, prior_kind)
+    if args.devices is not None:
+        trained = train_with_lightning(args, data, vae, f"{posterior_kind}:{prior_kind}")
+        if trained is None:
+            return None
+        return finish(args, data, vae, posterior_kind, prior_kind, *trained)
     optimizer_class = pyro.optim.Adamax if args.optimizer == "adamax" else pyro.optim.Adam
     optimizer = optimizer_class({"lr": args.lr})
     svi = SVI(vae.model, vae.guide, optimizer, Trace_ELBO())
     train = data["train"][: args.train_size].to(args.device)
-    test = spread(data["test"], args.test_size).to(args.device)
     generator = torch.Generator().manual_seed(args.seed)
     steps_per_epoch = math.ceil(len(train) / args.batch_size)
     warmup_steps = args.warmup_epochs * steps_per_epoch
@@ -162,22 +173,85 @@ def train_one(args, data, posterior_kind: str, prior_kind: str) -> dict:
         history.append(total / len(train))
         print(f"  {name:14s} epoch {epoch + 1:3d}  train loss {history[-1]:8.3f}  "
               f"({train_time:6.1f} s)", flush=True)
+    return finish(args, data, vae, posterior_kind, prior_kind, history, train_time, len(train))
+
+
+def finish(args, data, vae, posterior_kind, prior_kind, history, train_time, train_images) -> dict:
+    """The result record of a trained VAE, with its test evaluation."""
+    test = spread(data["test"], args.test_size).to(args.device)
+    vae.to(args.device)  # Lightning hands the module back on the CPU
     result = {
-        "run": name,
+        "run": f"{posterior_kind}:{prior_kind}",
         "posterior": posterior_kind,
         "prior": prior_kind,
         "parameters": sum(p.numel() for p in vae.parameters()),
         "flow_parameters": sum(p.numel() for p in vae.posterior.transforms.parameters()),
         "epochs": args.epochs,
-        "train_images": len(train),
+        "train_images": train_images,
         "train_seconds": train_time,
-        "images_per_second": args.epochs * len(train) / train_time,
+        "images_per_second": args.epochs * train_images / train_time,
+        "devices": args.devices,
         "train_loss_history": history,
     }
     start = time.perf_counter()
     result.update(evaluate(vae, test, args))
     result["eval_seconds"] = time.perf_counter() - start
     return result
+
+
+def train_with_lightning(args, data, vae: BernoulliVAE, name: str):
+    """Trains through SVIModule on ``args.devices`` processes; on rank 0 returns the per-epoch
+    train loss per image, the training seconds and the number of training images."""
+    import logging
+
+    import lightning
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from pyroflows.lightning import SVIModule
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+
+    train = data["train"][: args.train_size]
+    per_device = args.batch_size // args.devices
+    steps_per_epoch = math.ceil(len(train) / args.batch_size)
+    warmup_steps = args.warmup_epochs * steps_per_epoch
+
+    def kl_warmup(step: int) -> dict:
+        return {"kl_scale": min(1.0, step / warmup_steps) if warmup_steps > 0 else 1.0}
+
+    optimizer_class = torch.optim.Adamax if args.optimizer == "adamax" else torch.optim.Adam
+    module = SVIModule(
+        vae.model, vae.guide, step_kwargs=kl_warmup,
+        optimizer=lambda params: optimizer_class(params, lr=args.lr),
+    )
+    history: list[float] = []
+
+    class EpochLog(lightning.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            steps = pl_module.history[len(history) * steps_per_epoch :]
+            history.append(sum(steps) / max(len(steps), 1) / per_device)
+            if trainer.is_global_zero:
+                print(f"  {name:14s} epoch {len(history):3d}  train loss {history[-1]:8.3f}  "
+                      f"({time.perf_counter() - pl_module._train_start:6.1f} s)", flush=True)
+
+    generator = torch.Generator().manual_seed(args.seed)
+    loader = DataLoader(TensorDataset(train), batch_size=per_device, shuffle=True,
+                        generator=generator)
+    trainer = lightning.Trainer(
+        accelerator="gpu" if args.device.startswith("cuda") else "cpu",
+        devices=args.devices,
+        strategy="ddp" if args.devices > 1 else "auto",
+        max_epochs=args.epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[EpochLog()],
+    )
+    trainer.fit(module, loader)
+    if not trainer.is_global_zero:
+        return None
+    return history, module.wall_time, len(train)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -212,6 +286,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="importance samples drawn at once per image batch")
     parser.add_argument("--eval-batch-size", type=int, default=1000)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--devices", type=int, default=None,
+                        help="train through pyroflows.lightning.SVIModule on N processes (DDP)")
     parser.add_argument("--amp", action="store_true",
                         help="bfloat16 autocast for the encoder and decoder networks")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -226,6 +302,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.lr = 1e-3 if args.optimizer == "adam" else 5e-4
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda asked for, but torch sees no CUDA device")
+    if args.devices is not None:
+        if args.devices < 1 or args.batch_size % args.devices:
+            parser.error(f"--batch-size {args.batch_size} must be a multiple of --devices "
+                         f"{args.devices} (each process takes batch-size / devices images)")
+        if args.device.startswith("cuda") and args.devices > torch.cuda.device_count():
+            parser.error(f"--devices {args.devices} asked for, but torch sees "
+                         f"{torch.cuda.device_count()} CUDA device(s)")
     return args
 
 
@@ -238,11 +321,16 @@ def main(argv=None) -> int:
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     results = []
     for posterior_kind, prior_kind in runs:
-        results.append(train_one(args, data, posterior_kind, prior_kind))
+        result = train_one(args, data, posterior_kind, prior_kind)
+        if result is None:  # a Lightning process other than rank 0: rank 0 reports
+            continue
+        results.append(result)
         r = results[-1]
         print(f"{r['run']:14s} test -ELBO {r['test_neg_elbo']:7.2f}  NLL {r['test_nll']:7.2f} "
               f"(K={r['nll_samples']}, {r['nll_images']} images)  "
               f"{r['images_per_second']:7.0f} img/s", flush=True)
+    if not results:
+        return 0
     print(f"\n{'run':14s} {'-ELBO':>8s} {'NLL':>8s} {'img/s':>8s} {'params':>9s}")
     for r in results:
         print(f"{r['run']:14s} {r['test_neg_elbo']:8.2f} {r['test_nll']:8.2f} "
