@@ -11,7 +11,7 @@ from pyro.infer import MCMC, NUTS, SVI, Predictive, Trace_ELBO
 from pyro.infer.autoguide import AutoContinuous, AutoIAFNormal, init_to_value
 from pyro.infer.reparam import NeuTraReparam
 
-from pyroflows import free_energy_report, AutoIAF, available_guides, fit, make_guide
+from pyroflows import AutoIAF, available_guides, fit, free_energy_report, make_guide
 from pyroflows.models import banana, linear_regression
 
 
