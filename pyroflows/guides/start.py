@@ -78,8 +78,12 @@ def unconstrained_log_joint(guide, z: torch.Tensor, args: tuple, kwargs: dict) -
     return trace.log_prob_sum() + log_jacobian
 
 
-def _subsampled_plate(guide) -> str | None:
-    for site in guide.prototype_trace.nodes.values():
+def _subsampled_plate(guide, args: tuple, kwargs: dict) -> str | None:
+    """The name of a plate that subsamples its data, from one run of the model with every site
+    visible (the guide's prototype hides observed sites, where data plates usually are)."""
+    with torch.no_grad(), poutine.block():
+        trace = poutine.trace(guide.model).get_trace(*args, **kwargs)
+    for site in trace.nodes.values():
         for frame in site.get("cond_indep_stack", ()):
             full_size = getattr(frame, "full_size", None)
             if full_size is not None and full_size != frame.size:
@@ -128,7 +132,7 @@ def laplace_start(
     is impossible) followed by the ``init_loc_fn`` start. See the module docstring."""
     dim = init_loc.shape[0]
     fallback = Start("init_loc_fn", init_loc, init_scale, "the model's init_loc_fn values")
-    subsampled = _subsampled_plate(guide)
+    subsampled = _subsampled_plate(guide, args, kwargs)
     if subsampled is not None:
         fallback.reason = (
             f"no Laplace start: the plate {subsampled!r} subsamples the data, and a MAP on one "
