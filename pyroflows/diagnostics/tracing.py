@@ -570,44 +570,45 @@ def _concat_chunks(chunks: list[DrawChunk]) -> DrawChunk:
     return result
 
 
-def _first_draw_latents(sites: dict[str, SiteDraws], proto: _Prototype) -> dict:
-    """The latent values of draw 0, in the shapes of a plain (unvectorized) run."""
+def _draw_latents(sites: dict[str, SiteDraws], proto: _Prototype, draw: int) -> dict:
+    """The latent values of one draw, in the shapes of a plain (unvectorized) run."""
     values = {}
     for name, site in sites.items():
         if site.is_observed or site.is_deterministic:
             continue
         shape = proto.model_trace.nodes[name]["value"].shape
-        values[name] = site.value[0].reshape(shape)
+        values[name] = site.value[draw].reshape(shape)
     return values
 
 
 def _vectorized_agrees_with_plain_run(model, args, kwargs, proto: _Prototype, chunk) -> bool:
-    """Scores draw 0 of a vectorized chunk with a plain run of the model, on the first data
-    chunk: log densities and deterministic values must agree."""
+    """Scores the first and the last draw of a vectorized chunk with plain runs of the model on
+    the first data chunk: their log densities and deterministic values must agree (a model that
+    mixes draws, e.g. by flattening a batched latent, fails this even where shapes fit)."""
     vectorized = chunk.first_data_chunk
     plate = proto.subsampled[0] if proto.subsampled else None
-    conditioned = poutine.condition(model, data=_first_draw_latents(vectorized, proto))
-    if plate is not None:
-        conditioned = _SubsampleOverride(plate, _data_chunks(proto.subsampled)[0].indices)(
-            conditioned
-        )
-    trace = poutine.trace(conditioned).get_trace(*args, **kwargs)
-    for name, site in _layout(trace, proto.nesting, False, 1).items():
-        other = vectorized.get(name)
-        if other is None:
-            return False
-        if site.log_prob is not None:
-            expected = site.log_prob.double().sum()
-            actual = other.log_prob[:1].double().sum()
-            if not torch.isclose(actual, expected, rtol=1e-4, atol=1e-3):
+    for draw in sorted({0, chunk.size - 1}):
+        conditioned = poutine.condition(model, data=_draw_latents(vectorized, proto, draw))
+        if plate is not None:
+            indices = _data_chunks(proto.subsampled)[0].indices
+            conditioned = _SubsampleOverride(plate, indices)(conditioned)
+        trace = poutine.trace(conditioned).get_trace(*args, **kwargs)
+        for name, site in _layout(trace, proto.nesting, False, 1).items():
+            other = vectorized.get(name)
+            if other is None:
                 return False
-        else:
-            first = other.value[:1]
-            if first.numel() != site.value.numel() or not torch.allclose(
-                first.reshape(site.value.shape).double(), site.value.double(),
-                rtol=1e-4, atol=1e-5,
-            ):
-                return False
+            if site.log_prob is not None:
+                expected = site.log_prob.double().sum()
+                actual = other.log_prob[draw].double().sum()
+                if not torch.isclose(actual, expected, rtol=1e-4, atol=1e-3):
+                    return False
+            else:
+                value = other.value[draw]
+                if value.numel() != site.value.numel() or not torch.allclose(
+                    value.reshape(site.value.shape).double(), site.value.double(),
+                    rtol=1e-4, atol=1e-5,
+                ):
+                    return False
     return True
 
 
