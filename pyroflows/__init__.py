@@ -8,8 +8,13 @@ Example:
 """
 
 from pyroflows.diagnostics import (
+    DEFAULT_NUM_DRAWS,
     Diagnosis,
     FreeEnergyReport,
+    ModelGuideMismatchError,
+    NonFiniteDataError,
+    NotVectorizableWarning,
+    SubsampledPlateError,
     diagnose,
     free_energy_report,
     to_inference_data,
@@ -25,6 +30,7 @@ from pyroflows.guides import (
     register_guide,
 )
 from pyroflows.infer import (
+    CheckpointError,
     FitResult,
     ImportanceEstimate,
     NonFiniteLossError,
@@ -35,16 +41,22 @@ from pyroflows.infer import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_NUM_DRAWS",
     "AutoFlowGuide",
     "AutoIAF",
     "AutoNAF",
     "AutoPlanar",
+    "CheckpointError",
     "Diagnosis",
     "FitResult",
     "FreeEnergyReport",
     "GuideSetupError",
     "ImportanceEstimate",
+    "ModelGuideMismatchError",
+    "NonFiniteDataError",
     "NonFiniteLossError",
+    "NotVectorizableWarning",
+    "SubsampledPlateError",
     "available_guides",
     "diagnose",
     "fit",

@@ -23,12 +23,17 @@ import numpy as np
 import torch
 
 __all__ = [
+    "NonFiniteDataError",
     "check_count",
     "check_flag",
     "check_positive",
     "check_unit_interval",
     "describe_nonfinite_arguments",
 ]
+
+
+class NonFiniteDataError(ValueError):
+    """A model argument holds NaN or infinite values that make the log density non-finite."""
 
 
 def check_count(name: str, value: object, *, minimum: int = 1, why: str = "") -> int:

@@ -101,8 +101,9 @@ def test_nan_loss_names_the_step_and_keeps_the_last_finite_parameters(validation
     fit(model, guide, steps=20, progress=False, report_samples=None)
     before = {k: v.detach().clone() for k, v in guide.state_dict().items()}
 
-    # fit's first step runs the model twice (Pyro's ELBO first guesses the plate nesting), then
-    # once per step: calls 1-5 are steps 1-4, and the sixth call, in step 5, is poisoned
+    # fit runs the model once before the first step (to find the plate nesting it gives the
+    # ELBO), then once per step: calls 1-5 are steps 1-4, and the sixth call, in step 5, is
+    # poisoned
     state["poison_after"] = state["calls"] + 5
     message = "a NaN reached a distribution" if validation else "the loss became nan"
     with pytest.raises(NonFiniteLossError, match=rf"{message}.* at step 5 ") as caught:

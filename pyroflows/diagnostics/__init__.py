@@ -1,6 +1,7 @@
 """How good is a fitted guide: free energy, importance-weighted bound, PSIS k-hat, the
 "did it work?" diagnosis, ArviZ export and plots."""
 
+from pyroflows._validation import NonFiniteDataError
 from pyroflows.diagnostics.arviz_export import to_inference_data
 from pyroflows.diagnostics.diagnose import Diagnosis, diagnose
 from pyroflows.diagnostics.draws import PosteriorDraws, draw_posterior
@@ -8,7 +9,6 @@ from pyroflows.diagnostics.free_energy import (
     DEFAULT_NUM_DRAWS,
     MIN_KHAT_DRAWS,
     FreeEnergyReport,
-    NonFiniteDataError,
     format_reports,
     free_energy_report,
     importance_log_weights,

@@ -20,7 +20,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from pyroflows._validation import check_count, describe_nonfinite_arguments
+from pyroflows._validation import (
+    NonFiniteDataError,
+    check_count,
+    describe_nonfinite_arguments,
+)
 from pyroflows.diagnostics import _arviz_compat
 from pyroflows.diagnostics.tracing import max_plate_nesting, trace_draws
 
@@ -184,26 +188,24 @@ def format_reports(
 
 
 def check_log_weights(log_weights: torch.Tensor, args: tuple, kwargs: dict) -> None:
-    """Raises if the log weights hold NaN, naming the model argument with NaN or infinite values
-    when there is one (the usual cause), else saying that the model or guide produced it."""
-    if not bool(torch.isnan(log_weights).any()):
+    """Raises if some log weights are non-finite because a model argument holds NaN or infinite
+    values (naming it), or are NaN for another reason (the model or guide computes NaN)."""
+    if bool(torch.isfinite(log_weights).all()):
         return
     problems = describe_nonfinite_arguments(args, kwargs)
     if problems:
         raise NonFiniteDataError(
-            "the model's data hold non-finite values, so log p(x, z) is NaN: "
+            "the model's data hold non-finite values, so log p(x, z) is not finite: "
             + "; ".join(problems)
             + ". Remove or impute them (or mask them with pyro.sample(..., obs_mask=...))."
         )
-    count = int(torch.isnan(log_weights).sum())
-    raise ValueError(
-        f"{count} of {log_weights.numel()} log importance weights are NaN although the data are "
-        "finite: the model or the guide computes NaN (e.g. a guide that diverged in training)."
-    )
-
-
-class NonFiniteDataError(ValueError):
-    """A model argument holds NaN or infinite values that make the log density non-finite."""
+    if bool(torch.isnan(log_weights).any()):
+        count = int(torch.isnan(log_weights).sum())
+        raise ValueError(
+            f"{count} of {log_weights.numel()} log importance weights are NaN although the data "
+            "are finite: the model or the guide computes NaN (e.g. a guide that diverged in "
+            "training)."
+        )
 
 
 def free_energy_report(

@@ -42,6 +42,8 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import site_is_subsample
 
+from pyroflows._validation import NonFiniteDataError, describe_nonfinite_arguments
+
 __all__ = [
     "DrawChunk",
     "ModelGuideMismatchError",
@@ -179,11 +181,15 @@ def _check_order(model: Callable, guide: Callable) -> None:
 
 def _prototype(model: Callable, guide: Callable, args: tuple, kwargs: dict) -> _Prototype:
     _check_order(model, guide)
-    with torch.no_grad(), poutine.block(), quiet_pyro_logging():
-        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-            *args, **kwargs
-        )
+    try:
+        with torch.no_grad(), poutine.block(), quiet_pyro_logging():
+            guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+                *args, **kwargs
+            )
+    except Exception as error:
+        _raise_if_data_is_not_finite(args, kwargs, error)
+        raise
     _check_guide_matches_model(model_trace, guide_trace)
     plates = _subsampled_plates(guide_trace, model_trace)
     if len(plates) > 1:
@@ -701,7 +707,19 @@ def _check_plain_run_works(model, guide, args, kwargs, proto, failure) -> None:
     """If even one plain draw fails, the vectorized error is the real one: raise it."""
     try:
         _evaluate_chunk(model, guide, args, kwargs, proto, 1, False, False, False)
-    except Exception:
+    except Exception as error:
+        _raise_if_data_is_not_finite(args, kwargs, failure or error)
         if failure is not None:
             raise failure from None
         raise
+
+
+def _raise_if_data_is_not_finite(args: tuple, kwargs: dict, error: BaseException) -> None:
+    """A model that fails with NaN or infinite data: name the data, not the symptom."""
+    problems = describe_nonfinite_arguments(args, kwargs)
+    if problems:
+        raise NonFiniteDataError(
+            "the model fails on its data, which hold non-finite values: " + "; ".join(problems)
+            + f" ({type(error).__name__}: {_first_line(error)}). Remove or impute them (or mask "
+            "them with pyro.sample(..., obs_mask=...))."
+        ) from error
