@@ -1,6 +1,6 @@
 """Flow autoguides: drop-in replacements for Pyro's AutoNormal and AutoIAFNormal."""
 
-from pyroflows.guides.base import AutoFlowGuide, GuideSetupError
+from pyroflows.guides.base import AutoFlowGuide, GuideSetupError, NoLatentSitesError
 from pyroflows.guides.iaf import AutoIAF
 from pyroflows.guides.naf import AutoNAF
 from pyroflows.guides.planar import AutoPlanar
@@ -17,6 +17,7 @@ __all__ = [
     "AutoNAF",
     "AutoPlanar",
     "GuideSetupError",
+    "NoLatentSitesError",
     "available_guides",
     "get_guide_class",
     "make_guide",
