@@ -60,17 +60,18 @@ def test_report_of_a_subsampled_model_uses_every_data_point(num_data):
     y, mean, sd, log_z = _normal_mean_problem(num_data)
     guide = _gaussian_guide(mean, 1.2 * sd)
     exact_kl = 0.5 * (1.44 - 1 - math.log(1.44))
-    report = free_energy_report(subsampled_model, guide, y, num_samples=4000)
+    report = free_energy_report(subsampled_model, guide, y, num_samples=2000, batch_size=1000)
     # F = -log Z + KL, to within 4 Monte Carlo standard errors
     assert abs(report.free_energy - (-log_z + exact_kl)) < 4 * report.free_energy_se
     assert 0 <= report.kl_lower_bound < exact_kl + 0.01
     assert abs(report.iw_bound - log_z) < 0.01
     assert report.khat < 0.5 and report.verdict == "good"
 
-    diagnosis = pyroflows.diagnose(subsampled_model, guide, y)
+    # PSIS moments from 2000 draws: standard errors near sd / sqrt(ESS) ~ 0.025 sd
+    diagnosis = pyroflows.diagnose(subsampled_model, guide, y, num_samples=2000, chunk_size=1000)
     assert diagnosis.khat < 0.5
-    assert abs(diagnosis.psis_mean["mu"] - mean) < 0.05 * sd
-    assert abs(diagnosis.psis_sd["mu"] - sd) < 0.05 * sd
+    assert abs(diagnosis.psis_mean["mu"] - mean) < 0.1 * sd
+    assert abs(diagnosis.psis_sd["mu"] - sd) < 0.1 * sd
 
 
 def test_the_export_of_a_subsampled_model_holds_every_unscaled_data_point():
