@@ -159,6 +159,20 @@ def test_explicit_subsample_indices_are_refused_with_how_to_pass_full_data():
     assert pyroflows.diagnose(model, guide, y, torch.arange(100), num_samples=200).khat < 1
 
 
+def test_two_subsampled_plates_are_refused_with_how_to_pass_full_data():
+    data = torch.randn(30, 20)
+
+    def model(data):
+        loc = pyro.sample("loc", dist.Normal(0.0, 1.0))
+        with pyro.plate("rows", 30, subsample_size=10, dim=-2) as rows:
+            with pyro.plate("columns", 20, subsample_size=5, dim=-1) as columns:
+                pyro.sample("obs", dist.Normal(loc, 1.0), obs=data[rows][:, columns])
+
+    guide = pyroflows.AutoIAF(model)
+    with pytest.raises(SubsampledPlateError, match=r"2 plates \['columns', 'rows'\].*full plates"):
+        free_energy_report(model, guide, data, num_samples=100)
+
+
 # ---- a guide built for another model -------------------------------------------------------
 
 
