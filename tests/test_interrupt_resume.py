@@ -59,6 +59,15 @@ def _assert_same(actual: dict, expected: dict) -> None:
         assert torch.equal(actual[name], expected[name]), name
 
 
+@pytest.fixture(autouse=True)
+def _python_default_ctrl_c_handler():
+    """As in an interactive session. A process started in the background by a non-interactive
+    shell (as CI may be) ignores SIGINT, and then no Ctrl-C reaches Python, or fit, at all."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def _sigint_at(call: int, times: int = 1):
     def hook(number):
         if number == call:
