@@ -252,6 +252,23 @@ def test_a_model_that_is_not_vectorizable_is_evaluated_draw_by_draw(model):
     assert report.kl_lower_bound == pytest.approx(0.0, abs=1e-6)
 
 
+def test_fit_trains_a_non_vectorizable_model_with_one_warning():
+    """Vectorized ELBO particles fail on ``x @ w``; fit detects it before the first step and
+    computes the particles one by one (and the report's draws), warning once."""
+    problem, _ = _exact_regression()
+    guide = pyroflows.AutoIAF(matmul_model)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = pyroflows.fit(
+            matmul_model, guide, *problem.args, steps=300, progress=False, report_samples=200
+        )
+    slow = [w for w in caught if issubclass(w.category, NotVectorizableWarning)]
+    assert len(slow) == 1 and "ELBO particles" in str(slow[0].message)
+    assert result.steps == 300 and result.report is not None
+    # log Z + F = KL >= 0, and a few hundred steps get within a nat of the evidence
+    assert -0.05 < problem.log_evidence + result.report.free_energy < 1.0
+
+
 def test_diagnose_and_export_of_a_non_vectorizable_model():
     problem, exact_guide = _exact_regression()
     with pytest.warns(NotVectorizableWarning):

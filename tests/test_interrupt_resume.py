@@ -23,9 +23,9 @@ Y = 0.5 + 2.0 * X + 0.3 * torch.randn(12, generator=torch.Generator().manual_see
 
 
 def _model(hook=None):
-    """A regression whose model calls ``hook(call_number)``. With a fresh guide, fit calls the
-    model twice before the first step (the guide's set-up, one plain run of model and guide),
-    then once per step (vectorized particles): call k + 2 is step k."""
+    """A regression whose model calls ``hook(call_number)``. fit runs the model a few times
+    before its first step (the guide's set-up, the plate nesting, the vectorization check:
+    ``BEFORE_FIRST_STEP``, measured), then once per step (vectorized particles)."""
     calls = [0]
 
     def model(x, y):
@@ -38,6 +38,22 @@ def _model(hook=None):
             pyro.sample("y", dist.Normal(bias + weight * x, 0.3), obs=y)
 
     return model
+
+
+def _calls_before_the_first_step() -> int:
+    last = [0]
+
+    def hook(number):
+        last[0] = number
+
+    pyro.clear_param_store()
+    model = _model(hook)
+    fit(model, AutoIAF(model), X, Y, steps=1, progress=False, report_samples=None)
+    pyro.clear_param_store()
+    return last[0] - 1
+
+
+BEFORE_FIRST_STEP = _calls_before_the_first_step()
 
 
 def _params() -> dict[str, torch.Tensor]:
@@ -82,7 +98,7 @@ def test_ctrl_c_stops_after_the_current_step_and_resume_ends_where_an_uninterrup
 
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
-    model = _model(_sigint_at(call=2 + 25))  # during step 25
+    model = _model(_sigint_at(call=BEFORE_FIRST_STEP + 25))  # during step 25
     guide = AutoIAF(model)
     partial = fit(model, guide, X, Y, steps=STEPS, progress=False)
     assert partial.interrupted and partial.steps == 25 and partial.report is None
@@ -98,13 +114,14 @@ def test_ctrl_c_stops_after_the_current_step_and_resume_ends_where_an_uninterrup
 def test_a_second_ctrl_c_drops_the_unfinished_step():
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
-    model = _model(_sigint_at(call=2 + 24))
+    model = _model(_sigint_at(call=BEFORE_FIRST_STEP + 24))
     fit(model, AutoIAF(model), X, Y, steps=STEPS, progress=False)
     after_24_steps = _params()
 
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
-    model = _model(_sigint_at(call=2 + 25, times=2))  # twice during step 25's loss
+    # twice during step 25's loss
+    model = _model(_sigint_at(call=BEFORE_FIRST_STEP + 25, times=2))
     result = fit(model, AutoIAF(model), X, Y, steps=STEPS, progress=False)
     assert result.interrupted and result.steps == 24
     _assert_same(_params(), after_24_steps)
@@ -112,7 +129,7 @@ def test_a_second_ctrl_c_drops_the_unfinished_step():
 
 def test_a_keyboard_interrupt_from_the_model_is_caught_the_same_way():
     def hook(number):
-        if number == 2 + 10:
+        if number == BEFORE_FIRST_STEP + 10:
             raise KeyboardInterrupt
 
     pyro.clear_param_store()
@@ -133,7 +150,7 @@ def test_a_killed_run_resumed_from_its_checkpoint_ends_bit_for_bit_where_an_unin
     expected_result, expected = _uninterrupted(report_samples=None)
 
     def die(number):
-        if number == 2 + 47:
+        if number == BEFORE_FIRST_STEP + 47:
             raise _Killed
 
     pyro.clear_param_store()
@@ -207,11 +224,11 @@ def test_a_process_killed_with_sigkill_resumes_from_its_checkpoint(tmp_path):
         sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
         import pyro
         from pyroflows import AutoIAF, fit
-        from test_interrupt_resume import X, Y, _model, _params
+        from test_interrupt_resume import BEFORE_FIRST_STEP, X, Y, _model, _params
         mode, path, out = sys.argv[1:4]
         pyro.set_rng_seed(0)
         def die(number):
-            if mode == "killed" and number == 2 + 47:
+            if mode == "killed" and number == BEFORE_FIRST_STEP + 47:
                 os.kill(os.getpid(), signal.SIGKILL)
         model = _model(die)
         options = dict(steps=60, progress=False, report_samples=None)

@@ -53,6 +53,7 @@ __all__ = [
     "max_plate_nesting",
     "quiet_pyro_logging",
     "trace_draws",
+    "vectorization_problem",
 ]
 
 _DRAW_PLATE = "_pyroflows_draws"
@@ -481,9 +482,10 @@ def _site_total(site: SiteDraws, plate: str | None, chunk: _DataChunk) -> torch.
 
 def _evaluate_chunk(
     model, guide, args, kwargs, proto: _Prototype, draws: int, vectorized: bool, keep_sites: bool,
-    predictive: bool,
+    predictive: bool, first_data_chunk_only: bool = False,
 ) -> DrawChunk:
-    """Every data chunk for one chunk of ``draws`` draws (vectorized) or for one draw (not)."""
+    """Every data chunk (or only the first) for one chunk of ``draws`` draws (vectorized) or for
+    one draw (not)."""
     width = proto.nesting + 1
     plate = proto.subsampled[0] if proto.subsampled else None
     if vectorized:
@@ -496,7 +498,8 @@ def _evaluate_chunk(
     result = DrawChunk(log_q, log_joint)
     pieces: dict[tuple[str, str], dict[str, list[torch.Tensor]]] = {}
     global_trace = None
-    for index, chunk in enumerate(_data_chunks(proto.subsampled)):
+    chunks = _data_chunks(proto.subsampled)
+    for index, chunk in enumerate(chunks[:1] if first_data_chunk_only else chunks):
         guide_trace, model_trace, predictive_trace = _run_pair(
             model_fn, guide_fn, args, kwargs, plate, chunk, global_trace, predictive
         )
@@ -618,6 +621,39 @@ def _vectorized_agrees_with_plain_run(model, args, kwargs, proto: _Prototype, ch
     return True
 
 
+_VECTORIZE_ADVICE = (
+    "To vectorize, write the model so that latent values may carry extra batch axes on the left "
+    "(e.g. instead of X @ w: (X @ w.unsqueeze(-1)).squeeze(-1))."
+)
+
+
+@torch.no_grad()
+def vectorization_problem(model: Callable, guide: Callable, args: tuple, kwargs: dict):
+    """Why ``model`` is not vectorization-safe (a short text), or None if it is.
+
+    Runs two draws inside a plate on the left of the model's plates (the first data chunk of a
+    subsampled plate only) and compares them with plain runs; the global random state is left as
+    it was. :func:`pyroflows.fit` uses it to choose vectorized or sequential ELBO particles.
+    """
+    with _preserved_rng(), quiet_pyro_logging():
+        proto = _prototype(model, guide, args, kwargs)
+        chunk, failure = None, None
+        try:
+            chunk = _evaluate_chunk(
+                model, guide, args, kwargs, proto, 2, True, False, False, first_data_chunk_only=True
+            )
+        except (RuntimeError, ValueError, IndexError, _NotVectorized) as error:
+            failure = error
+        if chunk is not None and _vectorized_agrees_with_plain_run(
+            model, args, kwargs, proto, chunk
+        ):
+            return None
+        _check_plain_run_works(model, guide, args, kwargs, proto, failure, True)
+    if failure is not None:
+        return f"{type(failure).__name__}: {_first_line(failure)}"
+    return "a plain run and a vectorized run of the same draw disagree"
+
+
 @torch.no_grad()
 def trace_draws(
     model: Callable,
@@ -673,9 +709,7 @@ def trace_draws(
                             + (f": {type(failure).__name__}: {_first_line(failure)}"
                                if failure is not None else "")
                             + "), so pyroflows evaluates the draws one by one, which is slower. "
-                            "To vectorize, write the model so that latent values may carry "
-                            "extra batch axes on the left (e.g. "
-                            "instead of X @ w: (X @ w.unsqueeze(-1)).squeeze(-1)).",
+                            + _VECTORIZE_ADVICE,
                             NotVectorizableWarning,
                             stacklevel=3,
                         )
@@ -703,10 +737,14 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else ""
 
 
-def _check_plain_run_works(model, guide, args, kwargs, proto, failure) -> None:
+def _check_plain_run_works(
+    model, guide, args, kwargs, proto, failure, first_data_chunk_only: bool = False
+) -> None:
     """If even one plain draw fails, the vectorized error is the real one: raise it."""
     try:
-        _evaluate_chunk(model, guide, args, kwargs, proto, 1, False, False, False)
+        _evaluate_chunk(
+            model, guide, args, kwargs, proto, 1, False, False, False, first_data_chunk_only
+        )
     except Exception as error:
         _raise_if_data_is_not_finite(args, kwargs, failure or error)
         if failure is not None:

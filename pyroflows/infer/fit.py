@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -38,7 +39,13 @@ from pyroflows.diagnostics.free_energy import (
     format_reports,
     free_energy_report,
 )
-from pyroflows.diagnostics.tracing import max_plate_nesting, quiet_pyro_logging
+from pyroflows.diagnostics.tracing import (
+    _VECTORIZE_ADVICE,
+    NotVectorizableWarning,
+    max_plate_nesting,
+    quiet_pyro_logging,
+    vectorization_problem,
+)
 from pyroflows.infer import checkpoint as _checkpoint
 
 __all__ = ["FitResult", "NonFiniteLossError", "fit"]
@@ -357,10 +364,22 @@ def fit(
     # one run of the guide and model: sets the guide up, names a guide built for another model
     # before any step, and gives the ELBO its plate nesting (so it guesses nothing)
     nesting = max_plate_nesting(model, guide, *args, **kwargs)
+    warned_slow = False
     if elbo is None:
+        vectorize = vectorize_particles and num_particles > 1
+        problem = vectorization_problem(model, guide, args, kwargs) if vectorize else None
+        if problem is not None:
+            warnings.warn(
+                f"the model is not vectorization-safe ({problem}), so fit computes its "
+                f"{num_particles} ELBO particles, and the report its draws, one by one, which is "
+                "slower. " + _VECTORIZE_ADVICE,
+                NotVectorizableWarning,
+                stacklevel=2,
+            )
+            vectorize, warned_slow = False, True
         elbo = Trace_ELBO(
             num_particles=num_particles,
-            vectorize_particles=vectorize_particles and num_particles > 1,
+            vectorize_particles=vectorize,
             max_plate_nesting=nesting,
         )
     elif math.isinf(getattr(elbo, "max_plate_nesting", 0)):
@@ -495,9 +514,12 @@ def fit(
     write_checkpoint()
     result = partial_result(interrupted)
     if report_samples and not interrupted:
-        result.report = free_energy_report(
-            model, guide, *args, num_samples=report_samples, **kwargs
-        )
+        with warnings.catch_warnings():
+            if warned_slow:  # one warning per fit
+                warnings.simplefilter("ignore", NotVectorizableWarning)
+            result.report = free_energy_report(
+                model, guide, *args, num_samples=report_samples, **kwargs
+            )
     return result
 
 
