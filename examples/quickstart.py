@@ -55,10 +55,10 @@ def main() -> None:
     print("posterior predictive sd of obs:", [round(float(s), 1) for s in draws["obs"].std(0)])
 
     # did it work? PSIS k-hat with Yao et al.'s thresholds, PSIS-corrected moments
-    print(pyroflows.diagnose(guide, eight_schools, SIGMAS, EFFECTS, num_samples=4000))
+    print(pyroflows.diagnose(eight_schools, guide, SIGMAS, EFFECTS))
     # and the draws in ArviZ, with the plate's dim named and labelled
     idata = pyroflows.to_inference_data(
-        guide, eight_schools, SIGMAS, EFFECTS, coords={"schools": list("ABCDEFGH")}
+        eight_schools, guide, SIGMAS, EFFECTS, coords={"schools": list("ABCDEFGH")}
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

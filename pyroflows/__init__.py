@@ -8,8 +8,13 @@ Example:
 """
 
 from pyroflows.diagnostics import (
+    DEFAULT_NUM_DRAWS,
     Diagnosis,
     FreeEnergyReport,
+    ModelGuideMismatchError,
+    NonFiniteDataError,
+    NotVectorizableWarning,
+    SubsampledPlateError,
     diagnose,
     free_energy_report,
     to_inference_data,
@@ -24,11 +29,13 @@ from pyroflows.guides import (
     AutoPlanar,
     AutoRealNVP,
     GuideSetupError,
+    NoLatentSitesError,
     available_guides,
     make_guide,
     register_guide,
 )
 from pyroflows.infer import (
+    CheckpointError,
     FitResult,
     ImportanceEstimate,
     NonFiniteLossError,
@@ -41,6 +48,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AutoFlow",
+    "DEFAULT_NUM_DRAWS",
     "AutoFlowGuide",
     "AutoIAF",
     "AutoNAF",
@@ -48,13 +56,19 @@ __all__ = [
     "AutoNSF",
     "AutoPlanar",
     "AutoRealNVP",
+    "CheckpointError",
     "Diagnosis",
     "FitResult",
     "FreeEnergyReport",
     "GuideSetupError",
     "ImportanceEstimate",
+    "ModelGuideMismatchError",
+    "NoLatentSitesError",
+    "NonFiniteDataError",
     "NonFiniteLossError",
     "available_flows",
+    "NotVectorizableWarning",
+    "SubsampledPlateError",
     "available_guides",
     "diagnose",
     "fit",

@@ -13,11 +13,9 @@ import torch
 from pyro.infer.autoguide import AutoDiagonalNormal
 
 import pyroflows
-from pyroflows.diagnostics import draw_posterior
+from pyroflows.diagnostics import _arviz_compat, draw_posterior
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    import arviz as az
+az = _arviz_compat.arviz()
 
 SCHOOLS = list("ABCDEFGH")
 Y = torch.tensor([28.0, 8, -3, 7, -1, 1, 18, 12])
@@ -49,7 +47,7 @@ def schools_idata():
     guide = pyroflows.AutoIAF(eight_schools)
     pyroflows.fit(eight_schools, guide, Y, SIGMA, steps=300, progress=False, report_samples=0)
     idata = pyroflows.to_inference_data(
-        guide, eight_schools, Y, SIGMA, num_samples=400, num_chains=4,
+        eight_schools, guide, Y, SIGMA, num_samples=400, num_chains=4,
         coords={"school": SCHOOLS}, posterior_predictive=True,
     )
     return guide, idata
@@ -57,7 +55,7 @@ def schools_idata():
 
 def test_groups_shapes_dims_and_coords(schools_idata):
     _, idata = schools_idata
-    assert set(idata.groups()) >= {
+    assert set(_arviz_compat.group_names(idata)) >= {
         "posterior", "sample_stats", "log_likelihood", "posterior_predictive", "observed_data"}
     post = idata.posterior
     assert post["mu"].dims == ("chain", "draw")
@@ -87,17 +85,42 @@ def test_log_likelihood_matches_the_model(schools_idata):
     assert np.allclose(idata.log_likelihood["obs"].values, expected.numpy(), atol=1e-4)
 
 
-def test_arviz_loo_waic_and_summary_run_on_the_export(schools_idata):
+def test_arviz_loo_and_summary_run_on_the_export(schools_idata):
     _, idata = schools_idata
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         loo = az.loo(idata, pointwise=True)
-        waic = az.waic(idata)
         summary = az.summary(idata, var_names=["mu", "tau"])
-    assert math.isfinite(loo.elpd_loo) and loo.loo_i.shape == (8,)
-    assert math.isfinite(waic.elpd_waic)
+    # 0.2x: elpd_loo, loo_i; 1.x: elpd, elpd_i
+    elpd = loo.elpd_loo if _arviz_compat.ARVIZ_MAJOR == 0 else loo.elpd
+    pointwise = loo.loo_i if _arviz_compat.ARVIZ_MAJOR == 0 else loo.elpd_i
+    assert math.isfinite(elpd) and pointwise.shape == (8,)
+    assert np.isclose(float(pointwise.sum()), elpd)
     assert list(summary.index) == ["mu", "tau"]
-    assert summary["r_hat"].max() < 1.05  # independent draws split into chains
+    assert summary["r_hat"].astype(float).max() < 1.05  # independent draws split into chains
+
+
+@pytest.mark.skipif(
+    _arviz_compat.ARVIZ_MAJOR == 0,
+    reason="loo_approximate_posterior is ArviZ 1.x only (arviz_stats); CI runs it in the 1.x leg",
+)
+def test_loo_approximate_posterior_runs_on_the_export(schools_idata):
+    import arviz_stats
+
+    _, idata = schools_idata
+    stats = idata["sample_stats"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        corrected = arviz_stats.loo_approximate_posterior(
+            idata, stats["lp"], stats["log_q"], pointwise=True
+        )
+        plain = az.loo(idata, pointwise=True)
+    assert corrected.approx_posterior
+    assert math.isfinite(corrected.elpd) and corrected.elpd_i.shape == (8,)
+    # the correction reweights draws by p/q: it changes the estimate, but not by much for a
+    # guide with a usable k-hat
+    assert corrected.elpd != plain.elpd
+    assert abs(corrected.elpd - plain.elpd) < 2.0
 
 
 def test_nested_plates_and_simplex_site():
@@ -107,14 +130,14 @@ def test_nested_plates_and_simplex_site():
     guide = pyroflows.AutoIAF(nested)
     guide(data)
     idata = pyroflows.to_inference_data(
-        guide, nested, data, num_samples=60, num_chains=3, chunk_size=25,
+        nested, guide, data, num_samples=120, num_chains=3, chunk_size=25,
         coords={"item": list("abcde")}, dims={"weights": ["component"]},
     )
     post = idata.posterior
     assert post["weights"].dims == ("chain", "draw", "component")
     assert np.allclose(post["weights"].sum("component"), 1.0, atol=1e-5)
     assert post["offset"].dims == ("chain", "draw", "group")
-    assert post["offset"].shape == (3, 20, 4)
+    assert post["offset"].shape == (3, 40, 4)
     assert idata.log_likelihood["y"].dims == ("chain", "draw", "group", "item")
     assert idata.observed_data["y"].dims == ("group", "item")
     assert list(idata.log_likelihood["item"].values) == list("abcde")
@@ -123,7 +146,7 @@ def test_nested_plates_and_simplex_site():
 def test_num_samples_must_split_into_chains():
     guide = pyroflows.AutoIAF(eight_schools)
     with pytest.raises(ValueError, match="multiple of num_chains"):
-        pyroflows.to_inference_data(guide, eight_schools, Y, SIGMA, num_samples=10, num_chains=4)
+        pyroflows.to_inference_data(eight_schools, guide, Y, SIGMA, num_samples=110, num_chains=4)
 
 
 # ---- diagnose ----------------------------------------------------------------------------
@@ -148,7 +171,7 @@ def _fit(guide_class):
 
 def test_khat_flags_a_diagonal_gaussian_on_a_correlated_posterior():
     pyro.set_rng_seed(2)
-    poor = pyroflows.diagnose(_fit(AutoDiagonalNormal), correlated, num_samples=4000)
+    poor = pyroflows.diagnose(correlated, _fit(AutoDiagonalNormal), num_samples=4000)
     assert poor.khat > 0.7 and poor.verdict == "unreliable" and not poor.trustworthy
     assert poor.ess < 0.1 * poor.num_samples
     assert "unreliable" in str(poor) and "z[0]" in str(poor)
@@ -156,7 +179,7 @@ def test_khat_flags_a_diagonal_gaussian_on_a_correlated_posterior():
 
 def test_khat_passes_a_flow_guide_on_the_same_posterior():
     pyro.set_rng_seed(2)
-    good = pyroflows.diagnose(_fit(pyroflows.AutoIAF), correlated, num_samples=4000)
+    good = pyroflows.diagnose(correlated, _fit(pyroflows.AutoIAF), num_samples=4000)
     assert good.khat < 0.5 and good.verdict == "good"
     assert good.ess > 0.5 * good.num_samples
     # log Z = 0 here: the bounds sandwich it
@@ -182,7 +205,7 @@ def test_psis_corrected_means_move_toward_the_exact_posterior_mean():
         pyro.sample("mu", dist.Normal(exact_mean + 0.5 * exact_sd, 1.3 * exact_sd))
 
     pyro.set_rng_seed(3)
-    diagnosis = pyroflows.diagnose(guide, model, y, num_samples=4000)
+    diagnosis = pyroflows.diagnose(model, guide, y, num_samples=4000)
     raw_error = abs(diagnosis.raw_mean["mu"] - exact_mean)
     psis_error = abs(diagnosis.psis_mean["mu"] - exact_mean)
     assert raw_error > 0.4 * exact_sd
@@ -194,9 +217,9 @@ def test_psis_corrected_means_move_toward_the_exact_posterior_mean():
 def test_draws_are_shared_between_export_and_diagnosis(schools_idata):
     guide, _ = schools_idata
     draws = draw_posterior(eight_schools, guide, Y, SIGMA, num_samples=200)
-    diagnosis = pyroflows.diagnose(guide, eight_schools, Y, SIGMA, draws=draws)
+    diagnosis = pyroflows.diagnose(eight_schools, guide, Y, SIGMA, draws=draws)
     idata = pyroflows.to_inference_data(
-        guide, eight_schools, Y, SIGMA, num_samples=200, draws=draws
+        eight_schools, guide, Y, SIGMA, num_samples=200, draws=draws
     )
     assert math.isclose(diagnosis.khat, idata.posterior.attrs["khat"], rel_tol=1e-9)
     assert math.isclose(
@@ -215,8 +238,10 @@ def test_plots_draw_on_agg(schools_idata):
                            steps=60, progress=False, report_samples=100)
     ax = plot_free_energy({"AutoIAF": result}, window=10)
     assert len(ax.lines) == 3  # raw trace, running mean, -IW bound
-    axes = plot_pair(idata, ["mu", "tau"])
-    assert np.asarray(axes).size >= 3
     import matplotlib.pyplot as plt
+
+    plt.close("all")
+    plot_pair(idata, ["mu", "tau"])
+    assert len(plt.gcf().axes) >= 3  # two marginals and a scatter, on either ArviZ
 
     plt.close("all")

@@ -4,12 +4,21 @@ a control. A guide added to the registry later must pass this module unchanged."
 import io
 import os
 import tempfile
+import warnings
 
 import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from pyro.infer import MCMC, NUTS, SVI, Predictive, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import (
+    MCMC,
+    NUTS,
+    SVI,
+    JitTrace_ELBO,
+    Predictive,
+    Trace_ELBO,
+    TraceMeanField_ELBO,
+)
 from pyro.infer.autoguide import (
     AutoDiagonalNormal,
     init_to_feasible,
@@ -238,6 +247,124 @@ def test_float64(name):
     assert all(p.dtype == torch.float64 for p in guide.parameters())
     assert guide(x, y)["w"].dtype == torch.float64
     assert guide.median(x, y)["w"].dtype == torch.float64
+
+
+# ---- Pyro's contract: jit tracing, exception types, deterministic summaries --------------------
+
+
+def plated_model():
+    pyro.sample("x", dist.Normal(0.0, 1.0))
+    with pyro.plate("plate", 2):
+        pyro.sample("y", dist.LogNormal(0.0, 1.0))
+        pyro.sample("z", dist.Beta(2.0, 2.0))
+
+
+def _jit_roundtrip(module, methods):
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        traced = torch.jit.trace_module(module, methods, check_trace=False)
+    buffer = io.BytesIO()
+    torch.jit.save(traced, buffer)
+    buffer.seek(0)
+    return torch.jit.load(buffer)
+
+
+@guide_names
+def test_jit_traced_guide_serves_the_same_draws(name):
+    guide = build(name, plated_model)
+    svi_steps(plated_model, guide, steps=3)
+    names = sorted(guide())
+    pyro.set_rng_seed(0)
+    expected = guide.call()
+    loaded = _jit_roundtrip(guide, {"call": ()})
+    pyro.set_rng_seed(0)
+    actual = loaded.call()
+    assert len(actual) == len(expected) == len(names)
+    for site_name, a, e in zip(names, actual, expected, strict=True):
+        assert torch.allclose(a, e, atol=1e-6), site_name
+    assert {n for n, _ in loaded.named_parameters()} == {n for n, _ in guide.named_parameters()}
+
+
+@guide_names
+def test_jit_traced_predictive(name):
+    x, y = torch.randn(3, 2), torch.randn(3)
+
+    def model(x, y=None):
+        w = pyro.sample("w", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+        sigma = pyro.sample("sigma", dist.LogNormal(0.0, 1.0))
+        with pyro.plate("data", x.shape[0]):
+            return pyro.sample("obs", dist.Normal((x * w).sum(-1), sigma), obs=y)
+
+    guide = build(name, model)
+    guide(x, y=y)
+    predictive = Predictive(model, guide=guide, num_samples=10)
+    pyro.set_rng_seed(0)
+    expected = predictive(x)
+    loaded = _jit_roundtrip(predictive, {"call": (x,)})
+    pyro.set_rng_seed(0)
+    actual = loaded.call(x)
+    assert len(actual) == len(expected)
+    assert {tuple(v.shape) for v in actual} == {tuple(v.shape) for v in expected.values()}
+
+
+@guide_names
+def test_jit_trace_elbo_matches_trace_elbo_and_trains(name):
+    x = torch.linspace(-1, 1, 20)
+    y = 0.5 + 2.0 * x
+
+    guide = build(name, regression)
+    guide(x, y)
+    before = {k: v.detach().clone() for k, v in guide.state_dict().items()}
+    pyro.set_rng_seed(1)
+    plain = Trace_ELBO(max_plate_nesting=1).loss(regression, guide, x, y)
+    pyro.set_rng_seed(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        jit_elbo = JitTrace_ELBO(max_plate_nesting=1)
+        traced = jit_elbo.loss(regression, guide, x, y)
+        assert traced == pytest.approx(plain, rel=1e-5)
+        svi = SVI(regression, guide, pyro.optim.Adam({"lr": 1e-2}), jit_elbo)
+        losses = [svi.step(x, y) for _ in range(5)]
+    assert all(torch.isfinite(torch.tensor(losses)))
+    after = guide.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def empty_model():
+    pyro.sample("obs", dist.Normal(0.0, 1.0), obs=torch.tensor(0.5))
+
+
+def discrete_model():
+    pyro.sample("w", dist.Normal(0.0, 1.0))
+    pyro.sample("c", dist.Categorical(torch.ones(3) / 3))
+
+
+@guide_names
+def test_exception_types_are_pyros(name):
+    """Pyro's autoguides raise RuntimeError for an empty model and ValueError, with the
+    enumeration link, for a discrete site (under every init strategy)."""
+    with pytest.raises(RuntimeError, match="found no latent variables"):
+        build(name, empty_model)()
+    for init in (init_to_median, init_to_feasible):
+        pyro.clear_param_store()
+        with pytest.raises(ValueError, match=r"discrete sample site 'c'.*pyro.ai/examples/enum"):
+            build(name, discrete_model, init_loc_fn=init)()
+
+
+@guide_names
+def test_median_and_quantiles_are_deterministic_and_leave_the_global_rng_alone(name):
+    guide = build(name, constrained_model)
+    svi_steps(constrained_model, guide, steps=3)
+    state = torch.get_rng_state()
+    summaries = {"num_samples": 200} if name != CONTROL else {}
+    first = guide.median(**summaries)
+    second = guide.median(**summaries)
+    quantiles = guide.quantiles([0.1, 0.9], **summaries)
+    assert torch.equal(torch.get_rng_state(), state)
+    for site_name in first:
+        assert torch.equal(first[site_name], second[site_name]), site_name
+        again = guide.quantiles([0.1, 0.9], **summaries)[site_name]
+        assert torch.equal(quantiles[site_name], again), site_name
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -1,17 +1,25 @@
-"""Export a fitted guide to ``arviz.InferenceData``."""
+"""Export a fitted guide to ArviZ (``InferenceData`` on ArviZ 0.2x, ``DataTree`` on 1.x)."""
 
 from __future__ import annotations
 
 import json
 import math
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
+from pyroflows._validation import check_count, check_flag
+from pyroflows.diagnostics import _arviz_compat
 from pyroflows.diagnostics.draws import PosteriorDraws, draw_posterior
-from pyroflows.diagnostics.free_energy import FreeEnergyReport, psis_log_weights
+from pyroflows.diagnostics.free_energy import (
+    _KHAT_WHY,
+    DEFAULT_NUM_DRAWS,
+    MIN_KHAT_DRAWS,
+    FreeEnergyReport,
+    check_log_weights,
+    psis_log_weights,
+)
 
 __all__ = ["to_inference_data"]
 
@@ -33,18 +41,11 @@ def _guide_settings(guide) -> str:
     return "{}"
 
 
-def _arviz():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import arviz
-    return arviz
-
-
 def to_inference_data(
-    guide: Callable,
     model: Callable,
+    guide: Callable,
     *args,
-    num_samples: int = 2000,
+    num_samples: int = DEFAULT_NUM_DRAWS,
     num_chains: int = 4,
     coords: Mapping[str, Sequence] | None = None,
     dims: Mapping[str, Sequence[str]] | None = None,
@@ -54,7 +55,8 @@ def to_inference_data(
     draws: PosteriorDraws | None = None,
     **kwargs,
 ):
-    """Draws from a fitted guide and returns them as an ``arviz.InferenceData``.
+    """Draws from a fitted guide and returns them as ArviZ data: an ``arviz.InferenceData`` with
+    ArviZ 0.2x, an xarray ``DataTree`` with ArviZ 1.x (both tested).
 
     Groups:
 
@@ -63,9 +65,10 @@ def to_inference_data(
       plate name) and event axes named ``<site>_dim_<k>``;
     * ``sample_stats``: ``log_q`` (log q(z)), ``lp`` (log p(x, z)), ``log_weight``
       (their difference) and ``psis_weight`` (the PSIS-smoothed, normalized weight of each draw);
-    * ``log_likelihood``: per observed site and data point, so ``arviz.loo`` and ``arviz.waic``
-      work (their estimates assume draws from the exact posterior; ``k-hat`` says how far the
-      guide is from that);
+    * ``log_likelihood``: per observed site and data point (every data point, also under a
+      subsampled plate), so ``arviz.loo`` works, and with ArviZ 1.x
+      ``arviz_stats.loo_approximate_posterior(idata, idata.sample_stats["lp"],
+      idata.sample_stats["log_q"])``, which corrects for the draws coming from the guide;
     * ``posterior_predictive`` (if ``posterior_predictive=True``) and ``observed_data``.
 
     The guide's draws are independent, so they are split into ``num_chains`` chains only so that
@@ -74,17 +77,25 @@ def to_inference_data(
     bound and k-hat from the same draws.
 
     Args:
-        guide, model: a fitted guide and its model; ``*args, **kwargs`` are the model's.
-        num_samples: total draws, a multiple of ``num_chains``.
+        model, guide: a model and the guide fitted to it; ``*args, **kwargs`` are the model's.
+        num_samples: total draws (default 4000, as for the report and :func:`diagnose`), a
+            multiple of ``num_chains`` and at least 100.
+        coords: values of plate dims, keyed by plate name.
         dims: per-variable dim names, overriding the plate-derived ones.
         draws: reuse draws already made with :func:`draw_posterior`.
 
     Example:
-        >>> idata = pyroflows.to_inference_data(guide, model, data)  # doctest: +SKIP
+        >>> idata = pyroflows.to_inference_data(model, guide, data)  # doctest: +SKIP
         >>> arviz.summary(idata)  # doctest: +SKIP
         >>> arviz.loo(idata)  # doctest: +SKIP
     """
-    if num_chains < 1 or num_samples % num_chains:
+    num_chains = check_count("num_chains", num_chains, minimum=1)
+    check_count("chunk_size", chunk_size, minimum=1)
+    check_flag("posterior_predictive", posterior_predictive)
+    check_flag("observed_data", observed_data)
+    if draws is None:
+        check_count("num_samples", num_samples, minimum=MIN_KHAT_DRAWS, why=_KHAT_WHY)
+    if num_samples % num_chains:
         raise ValueError(
             f"num_samples ({num_samples}) must be a positive multiple of num_chains ({num_chains})"
         )
@@ -95,12 +106,18 @@ def to_inference_data(
         )
     elif draws.num_samples != num_samples:
         raise ValueError(f"draws hold {draws.num_samples} samples, num_samples={num_samples}")
-    az = _arviz()
+    elif posterior_predictive and not draws.predictive:
+        raise ValueError(
+            "posterior_predictive=True, but the draws were made without predictive draws: "
+            "call draw_posterior(..., predictive=True)"
+        )
+    _check_coords_and_dims(coords, dims, draws)
     log_w = draws.log_weights.double()
+    check_log_weights(log_w, args, kwargs)
     report = FreeEnergyReport.from_log_weights(log_w)
     smoothed = psis_log_weights(log_w)
-    all_dims = {name: list(d) for name, d in draws.dims.items()}
     user_dims = {name: list(d) for name, d in (dims or {}).items()}
+    variable_dims = {**{n: list(d) for n, d in draws.dims.items()}, **user_dims}
     groups: dict = {
         "posterior": {n: _chains(v, num_chains) for n, v in draws.samples.items()},
         "sample_stats": {
@@ -117,9 +134,9 @@ def to_inference_data(
         }
     if observed_data:
         groups["observed_data"] = {n: _numpy(v) for n, v in draws.observed.items()}
-    dims_for = {**all_dims, **user_dims}
     # the log-likelihood of an observed site has its plates but not its event axes
-    ll_dims = {n: list(d) for n, d in draws.log_likelihood_dims.items()}
+    group_dims = {group: variable_dims for group in groups}
+    group_dims["log_likelihood"] = {n: list(d) for n, d in draws.log_likelihood_dims.items()}
     attrs = {
         "inference_library": "pyro",
         "created_by": "pyroflows",
@@ -133,28 +150,50 @@ def to_inference_data(
         "num_samples": num_samples,
         "num_chains": num_chains,
     }
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        main = az.from_dict(
-            posterior=groups["posterior"],
-            sample_stats=groups["sample_stats"],
-            posterior_predictive=groups.get("posterior_predictive"),
-            observed_data=groups.get("observed_data"),
-            coords=dict(coords or {}),
-            dims=dims_for,
-            attrs=attrs,
+    attrs = {k: v for k, v in attrs.items() if _is_attr(v)}
+    return _arviz_compat.inference_data(groups, group_dims, dict(coords or {}), attrs)
+
+
+def _check_coords_and_dims(coords, dims, draws: PosteriorDraws) -> None:
+    """A ``coords`` key must name a dim of the export (a plate, or a dim given in ``dims``), and
+    a ``dims`` key a variable; a silent mismatch would leave the labels off."""
+    if coords is not None and not isinstance(coords, Mapping):
+        raise TypeError(f"coords must map plate names to values, got {type(coords).__name__}")
+    if dims is not None and not isinstance(dims, Mapping):
+        raise TypeError(f"dims must map variable names to dim names, got {type(dims).__name__}")
+    variables = set(draws.samples) | set(draws.observed) | set(draws.log_likelihood)
+    unknown_variables = sorted(set(dims or {}) - variables)
+    if unknown_variables:
+        raise ValueError(
+            f"dims names {unknown_variables}, which are no variables of the export; the "
+            f"variables are {sorted(variables)}"
         )
-        if groups["log_likelihood"]:
-            likelihood = az.from_dict(
-                log_likelihood=groups["log_likelihood"],
-                coords=dict(coords or {}),
-                dims=ll_dims,
-                attrs=attrs,
+    known_dims = {d for names in draws.dims.values() for d in names}
+    known_dims |= {d for names in draws.log_likelihood_dims.values() for d in names}
+    known_dims |= {d for names in (dims or {}).values() for d in names}
+    plates = sorted({d for names in draws.dims.values() for d in names if "_dim_" not in d
+                     and "_batch_" not in d})
+    unknown = sorted(set(coords or {}) - known_dims)
+    if unknown:
+        raise ValueError(
+            f"coords has key(s) {unknown}, which are no plate of the model: coords are keyed by "
+            f"plate name, and the model's plates are {plates} (other dims: "
+            f"{sorted(known_dims - set(plates))})"
+        )
+    for name, values in (coords or {}).items():
+        sizes = {
+            tensor.shape[1 + names.index(name)]
+            for store, dim_map in ((draws.samples, draws.dims),
+                                   (draws.log_likelihood, draws.log_likelihood_dims))
+            for var, tensor in store.items()
+            for names in [dim_map.get(var, [])]
+            if name in names
+        }
+        if sizes and len(values) not in sizes:
+            raise ValueError(
+                f"coords[{name!r}] has {len(values)} values, but the dim {name!r} has size "
+                f"{sorted(sizes)[0]}"
             )
-            main.extend(likelihood)
-    for group in main.groups():
-        main[group].attrs.update({k: v for k, v in attrs.items() if _is_attr(v)})
-    return main
 
 
 def _is_attr(value) -> bool:

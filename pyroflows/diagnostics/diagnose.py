@@ -8,8 +8,16 @@ from dataclasses import dataclass
 
 import torch
 
+from pyroflows._validation import check_count
 from pyroflows.diagnostics.draws import PosteriorDraws, draw_posterior
-from pyroflows.diagnostics.free_energy import FreeEnergyReport, psis_log_weights
+from pyroflows.diagnostics.free_energy import (
+    _KHAT_WHY,
+    DEFAULT_NUM_DRAWS,
+    MIN_KHAT_DRAWS,
+    FreeEnergyReport,
+    check_log_weights,
+    psis_log_weights,
+)
 
 __all__ = ["Diagnosis", "diagnose"]
 
@@ -111,10 +119,10 @@ class Diagnosis:
 
 
 def diagnose(
-    guide: Callable,
     model: Callable,
+    guide: Callable,
     *args,
-    num_samples: int = 4000,
+    num_samples: int = DEFAULT_NUM_DRAWS,
     chunk_size: int = 500,
     draws: PosteriorDraws | None = None,
     **kwargs,
@@ -122,22 +130,41 @@ def diagnose(
     """Yao et al. (2018), "Yes, but did it work?": is the fitted guide a trustworthy posterior?
 
     Draws ``num_samples`` from the guide and computes the importance weights
-    ``w = p(x, z) / q(z)``; their Pareto-smoothed tail index k-hat is the verdict (below 0.5
-    good, 0.5 to 0.7 usable with care, above 0.7 not to be trusted). Also reports the ESS of the
-    weights, the ELBO and the importance-weighted bound with their Monte Carlo errors, and each
-    latent coordinate's mean and standard deviation under the guide beside their PSIS-corrected
-    values (which move toward the exact posterior's when k-hat is small enough).
+    ``w = p(x, z) / q(z)`` on the full data (every data point of a subsampled plate); their
+    Pareto-smoothed tail index k-hat is the verdict (below 0.5 good, 0.5 to 0.7 usable with care,
+    above 0.7 not to be trusted). Also reports the ESS of the weights, the ELBO and the
+    importance-weighted bound with their Monte Carlo errors, and each latent coordinate's mean
+    and standard deviation under the guide beside their PSIS-corrected values (which move toward
+    the exact posterior's when k-hat is small enough).
+
+    ``num_samples`` defaults to 4000, the default of :func:`pyroflows.fit`'s report and of
+    :func:`pyroflows.to_inference_data`, so that their verdicts on one guide agree; at least 100
+    are needed for a k-hat.
+
+    Raises:
+        ModelGuideMismatchError: the guide's latent sites are not the model's.
+        SubsampledPlateError: a plate's data cannot all be scored.
+        NonFiniteDataError: a model argument holds NaN or infinite values.
 
     Example:
-        >>> diagnosis = pyroflows.diagnose(guide, model, data)  # doctest: +SKIP
+        >>> diagnosis = pyroflows.diagnose(model, guide, data)  # doctest: +SKIP
         >>> print(diagnosis)  # doctest: +SKIP
         >>> diagnosis.khat, diagnosis.psis_mean["theta[0]"]  # doctest: +SKIP
     """
+    check_count("chunk_size", chunk_size, minimum=1)
     if draws is None:
+        check_count("num_samples", num_samples, minimum=MIN_KHAT_DRAWS, why=_KHAT_WHY)
         draws = draw_posterior(
             model, guide, *args, num_samples=num_samples, chunk_size=chunk_size, **kwargs
         )
+    elif not isinstance(draws, PosteriorDraws):
+        raise TypeError(
+            f"draws must be a PosteriorDraws from draw_posterior, got {type(draws).__name__}"
+        )
+    elif draws.num_samples < MIN_KHAT_DRAWS:
+        raise ValueError(f"draws hold {draws.num_samples} samples{_KHAT_WHY}")
     log_w = draws.log_weights.double()
+    check_log_weights(log_w, args, kwargs)
     report = FreeEnergyReport.from_log_weights(log_w)
     count = log_w.numel()
     weights = torch.exp(psis_log_weights(log_w))

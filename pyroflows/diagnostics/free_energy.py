@@ -14,17 +14,34 @@ For a guide q and a model p(x, z), with importance weights ``w_s = p(x, z_s) / q
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from pyro import poutine
-from pyro.infer.importance import vectorized_importance_weights
+
+from pyroflows._validation import (
+    NonFiniteDataError,
+    check_count,
+    describe_nonfinite_arguments,
+)
+from pyroflows.diagnostics import _arviz_compat
+from pyroflows.diagnostics.tracing import max_plate_nesting, trace_draws
+
+#: default number of guide draws for the report, ``diagnose`` and the export: one number, so that
+#: their k-hat verdicts on the same guide do not differ by the draw count (about 2000 draws are
+#: needed to estimate k-hat near 0.7 reliably: Vehtari et al. 2024's 10^(1/(1-k)))
+DEFAULT_NUM_DRAWS = 4000
+#: the fewest draws for which k-hat is computed: the Pareto tail is fitted to the largest
+#: min(20%, 3 sqrt(S)) weights, 20 of them at S = 100
+MIN_KHAT_DRAWS = 100
 
 __all__ = [
+    "DEFAULT_NUM_DRAWS",
+    "MIN_KHAT_DRAWS",
     "FreeEnergyReport",
+    "NonFiniteDataError",
+    "check_log_weights",
     "format_reports",
     "free_energy_report",
     "importance_log_weights",
@@ -34,69 +51,39 @@ __all__ = [
 ]
 
 
-def max_plate_nesting(model: Callable, guide: Callable, *args, **kwargs) -> int:
-    """The number of plate dimensions the model and guide use (as Pyro's ELBOs infer it)."""
-    with torch.no_grad(), poutine.block():
-        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-            *args, **kwargs
-        )
-    dims = [
-        -frame.dim
-        for trace in (model_trace, guide_trace)
-        for site in trace.nodes.values()
-        if site["type"] == "sample"
-        for frame in site["cond_indep_stack"]
-        if frame.vectorized
-    ]
-    return max(dims, default=0)
-
-
 @torch.no_grad()
 def importance_log_weights(
     model: Callable,
     guide: Callable,
     *args,
-    num_samples: int = 2000,
-    batch_size: int = 1000,
+    num_samples: int = DEFAULT_NUM_DRAWS,
+    batch_size: int = 500,
     **kwargs,
 ) -> torch.Tensor:
     """``log p(x, z_s) - log q(z_s)`` for ``num_samples`` draws ``z_s ~ q``, shape ``(S,)``.
 
-    Draws are vectorized in batches of ``batch_size`` to bound memory.
+    ``log p(x, z)`` is on the full data, also under a subsampled plate; draws are vectorized in
+    batches of ``batch_size`` to bound memory (see :mod:`pyroflows.diagnostics.tracing`).
+
+    Example:
+        >>> log_w = importance_log_weights(model, guide, data, num_samples=1000)  # doctest: +SKIP
     """
-    nesting = max_plate_nesting(model, guide, *args, **kwargs)
-    chunks = []
-    remaining = num_samples
-    while remaining > 0:
-        size = min(batch_size, remaining)
-        log_w, _, _ = vectorized_importance_weights(
-            model, guide, *args, num_samples=size, max_plate_nesting=nesting, **kwargs
+    check_count("num_samples", num_samples, minimum=1)
+    check_count("batch_size", batch_size, minimum=1)
+    chunks = [
+        chunk.log_joint - chunk.log_q
+        for chunk in trace_draws(
+            model, guide, args, kwargs, num_samples=num_samples, chunk_size=batch_size
         )
-        chunks.append(log_w.reshape(-1).detach())
-        remaining -= size
+    ]
     return torch.cat(chunks)
 
 
 def _psislw(log_weights: np.ndarray | torch.Tensor) -> tuple[np.ndarray, float]:
-    """ArviZ's PSIS: smoothed, normalized log weights and k-hat."""
-    log_weights = np.asarray(
-        log_weights.detach().cpu().double()
-        if isinstance(log_weights, torch.Tensor)
-        else log_weights,
-        dtype=np.float64,
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import arviz
-
-        if hasattr(arviz, "psislw"):  # arviz < 1.0
-            smoothed, khat = arviz.psislw(log_weights)
-        else:  # arviz >= 1.0 moved the statistics to arviz_stats
-            import arviz_stats
-
-            smoothed, khat = arviz_stats.psislw(log_weights)
-    return np.asarray(smoothed), float(np.asarray(khat))
+    """ArviZ's PSIS (either ArviZ version): smoothed, normalized log weights and k-hat."""
+    if isinstance(log_weights, torch.Tensor):
+        log_weights = log_weights.detach().cpu().double().numpy()
+    return _arviz_compat.psislw(np.asarray(log_weights, dtype=np.float64))
 
 
 def pareto_khat(log_weights: np.ndarray | torch.Tensor) -> float:
@@ -144,7 +131,8 @@ class FreeEnergyReport:
         iw_bound = float(torch.logsumexp(log_w, 0) - math.log(num))
         normalized = torch.softmax(log_w, 0)
         ess = float(1.0 / (normalized**2).sum())
-        khat = pareto_khat(log_w) if num >= 20 and bool(torch.isfinite(log_w).all()) else math.inf
+        finite = bool(torch.isfinite(log_w).all())
+        khat = pareto_khat(log_w) if num >= MIN_KHAT_DRAWS and finite else math.inf
         return cls(free_energy, se, iw_bound, iw_bound + free_energy, khat, ess, num)
 
     @property
@@ -199,23 +187,56 @@ def format_reports(
     return "\n".join(lines)
 
 
+def check_log_weights(log_weights: torch.Tensor, args: tuple, kwargs: dict) -> None:
+    """Raises if some log weights are non-finite because a model argument holds NaN or infinite
+    values (naming it), or are NaN for another reason (the model or guide computes NaN)."""
+    if bool(torch.isfinite(log_weights).all()):
+        return
+    problems = describe_nonfinite_arguments(args, kwargs)
+    if problems:
+        raise NonFiniteDataError(
+            "the model's data hold non-finite values, so log p(x, z) is not finite: "
+            + "; ".join(problems)
+            + ". Remove or impute them (or mask them with pyro.sample(..., obs_mask=...))."
+        )
+    if bool(torch.isnan(log_weights).any()):
+        count = int(torch.isnan(log_weights).sum())
+        raise ValueError(
+            f"{count} of {log_weights.numel()} log importance weights are NaN although the data "
+            "are finite: the model or the guide computes NaN (e.g. a guide that diverged in "
+            "training)."
+        )
+
+
 def free_energy_report(
     model: Callable,
     guide: Callable,
     *args,
-    num_samples: int = 2000,
-    batch_size: int = 1000,
+    num_samples: int = DEFAULT_NUM_DRAWS,
+    batch_size: int = 500,
     **kwargs,
 ) -> FreeEnergyReport:
     """Draws ``num_samples`` fresh samples from ``guide`` and reports F, the IW bound and k-hat.
 
-    Works with any Pyro guide whose model has static structure (pyroflows and Pyro autoguides).
+    Works with any Pyro guide whose model has static structure (pyroflows and Pyro autoguides),
+    on the full data also under a subsampled plate. ``num_samples`` must be at least
+    ``MIN_KHAT_DRAWS`` (100) for k-hat to mean anything; the default, 4000, is also the default
+    of :func:`~pyroflows.diagnose` and :func:`~pyroflows.to_inference_data`.
 
     Example:
         >>> report = free_energy_report(model, guide, data, num_samples=1000)  # doctest: +SKIP
         >>> print(report)
     """
+    check_count("num_samples", num_samples, minimum=MIN_KHAT_DRAWS, why=_KHAT_WHY)
     log_w = importance_log_weights(
         model, guide, *args, num_samples=num_samples, batch_size=batch_size, **kwargs
     )
+    check_log_weights(log_w, args, kwargs)
     return FreeEnergyReport.from_log_weights(log_w)
+
+
+_KHAT_WHY = (
+    ": k-hat fits a Pareto tail to the largest min(20%, 3·sqrt(S)) of S importance weights, and "
+    f"below {MIN_KHAT_DRAWS} draws that tail is too short to mean anything "
+    f"(default {DEFAULT_NUM_DRAWS})"
+)

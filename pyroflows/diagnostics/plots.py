@@ -6,6 +6,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from pyroflows.diagnostics import _arviz_compat
+
 __all__ = ["plot_free_energy", "plot_pair"]
 
 
@@ -59,16 +61,13 @@ def plot_free_energy(results, ax=None, window: int = 50, log_x: bool = False):
 
 
 def plot_pair(idata, var_names: Sequence[str] | None = None, **kwargs):
-    """Pair plot of a guide's draws through ``arviz.plot_pair`` (scatter with marginals by
-    default), from the ``InferenceData`` of :func:`pyroflows.to_inference_data`. Keyword
-    arguments go to ArviZ. Returns ArviZ's axes.
+    """Pair plot of a guide's draws with ArviZ (scatter with marginals), from the export of
+    :func:`pyroflows.to_inference_data`. Keyword arguments go to ArviZ's ``plot_pair``, whose
+    API differs between ArviZ 0.2x (returns matplotlib axes) and 1.x (arviz-plots; returns its
+    plot collection, drawn with matplotlib).
 
     Example:
-        >>> plot_pair(to_inference_data(guide, model, data), ["mu", "tau"])  # doctest: +SKIP
+        >>> plot_pair(to_inference_data(model, guide, data), ["mu", "tau"])  # doctest: +SKIP
     """
     _pyplot()
-    import arviz
-
-    options = {"kind": "scatter", "marginals": True, "scatter_kwargs": {"alpha": 0.3}}
-    options.update(kwargs)
-    return arviz.plot_pair(idata, var_names=list(var_names) if var_names else None, **options)
+    return _arviz_compat.plot_pair(idata, var_names, **kwargs)

@@ -1,6 +1,6 @@
 """Flow autoguides: drop-in replacements for Pyro's AutoNormal and AutoIAFNormal."""
 
-from pyroflows.guides.base import AutoFlowGuide, GuideSetupError
+from pyroflows.guides.base import AutoFlowGuide, GuideSetupError, NoLatentSitesError
 from pyroflows.guides.flow import AutoFlow
 from pyroflows.guides.presets import AutoIAF, AutoNAF, AutoNICE, AutoNSF, AutoPlanar, AutoRealNVP
 from pyroflows.guides.registry import (
@@ -20,6 +20,7 @@ __all__ = [
     "AutoPlanar",
     "AutoRealNVP",
     "GuideSetupError",
+    "NoLatentSitesError",
     "available_guides",
     "get_guide_class",
     "make_guide",

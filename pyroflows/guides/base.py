@@ -19,6 +19,7 @@ from typing import Literal
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro import poutine
 from pyro.distributions.torch_transform import ComposeTransformModule, TransformModule
 from pyro.infer.autoguide import AutoContinuous
 from pyro.infer.autoguide.initialization import init_to_median
@@ -34,7 +35,7 @@ from pyroflows.guides.start import (
 )
 from pyroflows.transforms.affine_stage import AffineStage
 
-__all__ = ["AutoFlowGuide", "GuideSetupError"]
+__all__ = ["AutoFlowGuide", "GuideSetupError", "NoLatentSitesError"]
 
 #: up to this many latent dimensions the affine stage is full rank (a lower-triangular
 #: matrix of D² numbers); above it, diagonal
@@ -47,6 +48,26 @@ LAPLACE_SHRINK_FACTORS = (0.5, 0.25)
 
 class GuideSetupError(RuntimeError):
     """Raised when a guide cannot discover the model's latent sites, or is used before it has."""
+
+
+class NoLatentSitesError(RuntimeError, ValueError):
+    """The model has no latent site. A ``RuntimeError``, as Pyro's autoguides raise (and a
+    ``ValueError``, as pyroflows raised before 0.2)."""
+
+
+_ENUMERATION_LINK = "https://pyro.ai/examples/enumeration.html"
+
+
+def _discrete_sites_message(guide_name: str, discrete: list[str]) -> str:
+    """Pyro's message for a discrete site (with its enumeration link), then pyroflows' advice."""
+    return (
+        f"Continuous inference cannot handle discrete sample site '{discrete[0]}'. Consider "
+        f"enumerating that variable as documented in {_ENUMERATION_LINK} . {guide_name} "
+        f"handles continuous latent sites only, but the model has discrete latent site(s) "
+        f"{discrete}. Enumerate them out (TraceEnum_ELBO with infer={{'enumerate': "
+        f"'parallel'}}) and hide them from the guide with poutine.block(model, "
+        f"hide={discrete}), or marginalize them in the model."
+    )
 
 
 def _describe_args(args: tuple, kwargs: dict) -> str:
@@ -92,9 +113,15 @@ class AutoFlowGuide(AutoContinuous):
         self.init_scale = float(init_scale)
         self.init = init
         super().__init__(model, init_loc_fn=init_loc_fn)
+        self._model_without_init = (model,)  # a tuple: not registered as a submodule
         self.flow: ComposeTransformModule | None = None
         #: the start the affine stage was built at (set up with the model)
         self.start: Start | None = None
+
+    def __getstate__(self):
+        # like Pyro's AutoGuide, which drops its (init-wrapped) model: models need not pickle
+        self._model_without_init = None
+        return super().__getstate__()
 
     # ---- what a subclass provides -------------------------------------------------------------
 
@@ -125,6 +152,12 @@ class AutoFlowGuide(AutoContinuous):
             super()._setup_prototype(*args, **kwargs)
         except Exception as error:
             if self.prototype_trace is None:
+                # an init_loc_fn fails on a discrete site before the check below can run
+                discrete = self._discrete_latent_sites(args, kwargs)
+                if discrete:
+                    raise ValueError(_discrete_sites_message(type(self).__name__, discrete)) from (
+                        error
+                    )
                 first_line = str(error).splitlines()[0] if str(error) else ""
                 raise GuideSetupError(
                     f"{type(self).__name__} runs the model once to find its latent sites, and "
@@ -220,21 +253,32 @@ class AutoFlowGuide(AutoContinuous):
                 )
         pyro.module(prefix, self.flow, update_module_params=True)
 
+    def _discrete_latent_sites(self, args: tuple, kwargs: dict) -> list[str]:
+        """The discrete latent sites of a plain run of the model, without the init_loc_fn (none
+        if that run fails)."""
+        if self._model_without_init is None:  # unpickled: the model is gone
+            return []
+        try:
+            with torch.no_grad(), poutine.block():
+                trace = poutine.trace(
+                    poutine.block(self._model_without_init[0], self._prototype_hide_fn)
+                ).get_trace(*args, **kwargs)
+        except Exception:
+            return []
+        return [site["name"] for _, site in trace.iter_stochastic_nodes()
+                if site["fn"].support.is_discrete]
+
     def _check_latent_sites(self) -> None:
         name = type(self).__name__
         sites = [site for _, site in self.prototype_trace.iter_stochastic_nodes()]
         discrete = [site["name"] for site in sites if site["fn"].support.is_discrete]
         if discrete:
-            raise ValueError(
-                f"{name} handles continuous latent sites only, but the model has discrete latent "
-                f"site(s) {discrete}. Enumerate them out (TraceEnum_ELBO with "
-                f"infer={{'enumerate': 'parallel'}}) and hide them from the guide with "
-                f"poutine.block(model, hide={discrete}), or marginalize them in the model."
-            )
+            raise ValueError(_discrete_sites_message(name, discrete))
         if not sites:
-            raise ValueError(
-                f"{name} found no latent sample sites in the model: every pyro.sample is observed "
-                "(or the model samples nothing), so there is no posterior to approximate."
+            raise NoLatentSitesError(
+                f"{name} found no latent variables; Use an empty guide instead. Every "
+                "pyro.sample in the model is observed (or the model samples nothing), so there is "
+                "no posterior to approximate."
             )
         for site in sites:
             for frame in site["cond_indep_stack"]:
@@ -290,20 +334,37 @@ class AutoFlowGuide(AutoContinuous):
         return self.get_posterior(*args, **kwargs).sample((num_samples,))
 
     @torch.no_grad()
-    def quantiles(self, quantiles, *args, num_samples: int = 4000, **kwargs) -> dict:
+    def _summary_draws(self, num_samples: int, seed: int) -> torch.Tensor:
+        """``num_samples`` draws of the packed latent from their own generator seeded with
+        ``seed``: the same draws for a fixed guide, and the global random state untouched."""
+        flow = self.flow
+        loc = flow[-1].loc
+        generator = torch.Generator(device=loc.device).manual_seed(seed)
+        noise = torch.randn(
+            (num_samples,) + loc.shape, generator=generator, device=loc.device, dtype=loc.dtype
+        )
+        return flow(noise)
+
+    @torch.no_grad()
+    def quantiles(
+        self, quantiles, *args, num_samples: int = 4000, seed: int = 0, **kwargs
+    ) -> dict:
         """Monte Carlo posterior quantiles of each latent site.
 
         Quantiles are taken per coordinate of the unconstrained latent and mapped through each
         site's bijection. For sites whose bijection acts elementwise and monotonically (real,
         positive, interval supports) these are exactly the constrained marginal quantiles; for
         simplex or correlation sites they are points of the support, as in Pyro's own guides.
+        The ``num_samples`` draws come from a generator of their own seeded with ``seed``, so the
+        result is the same on every call for a fixed guide and the global random state is left
+        alone (as Pyro's closed-form quantiles are).
 
         Example:
             >>> guide.quantiles([0.05, 0.5, 0.95])["scale"].shape  # doctest: +SKIP
             torch.Size([3])
         """
         self._require_setup("quantiles", args, kwargs)
-        latent = self.sample_unconstrained(num_samples, *args, **kwargs)
+        latent = self._summary_draws(num_samples, seed)
         probs = torch.as_tensor(quantiles, dtype=latent.dtype, device=latent.device).reshape(-1)
         if bool(((probs < 0) | (probs > 1)).any()):
             raise ValueError(f"quantiles must lie in [0, 1], got {quantiles}")
@@ -316,10 +377,11 @@ class AutoFlowGuide(AutoContinuous):
         return {name: torch.stack(values) for name, values in result.items()}
 
     @torch.no_grad()
-    def median(self, *args, num_samples: int = 4000, **kwargs) -> dict:
-        """Monte Carlo posterior median of each latent site (see :meth:`quantiles`)."""
+    def median(self, *args, num_samples: int = 4000, seed: int = 0, **kwargs) -> dict:
+        """Monte Carlo posterior median of each latent site (see :meth:`quantiles`):
+        deterministic for a fixed guide, without touching the global random state."""
         self._require_setup("median", args, kwargs)
-        quantiles = self.quantiles([0.5], *args, num_samples=num_samples, **kwargs)
+        quantiles = self.quantiles([0.5], *args, num_samples=num_samples, seed=seed, **kwargs)
         return {name: value[0] for name, value in quantiles.items()}
 
 

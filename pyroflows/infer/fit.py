@@ -1,11 +1,18 @@
-"""``fit``: SVI with a progress bar, a free-energy history, and a report at the end."""
+"""``fit``: SVI with a progress bar, a free-energy history, interrupt/resume, checkpoints, and a
+report at the end."""
 
 from __future__ import annotations
 
+import copy
 import math
+import os
+import signal
 import sys
+import threading
 import time
+import warnings
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,7 +23,30 @@ from pyro.infer.util import zero_grads
 from pyro.optim import ClippedAdam
 from tqdm.auto import tqdm
 
-from pyroflows.diagnostics.free_energy import FreeEnergyReport, format_reports, free_energy_report
+from pyroflows._validation import (
+    NonFiniteDataError,
+    check_count,
+    check_flag,
+    check_positive,
+    check_unit_interval,
+    describe_nonfinite_arguments,
+)
+from pyroflows.diagnostics.free_energy import (
+    _KHAT_WHY,
+    DEFAULT_NUM_DRAWS,
+    MIN_KHAT_DRAWS,
+    FreeEnergyReport,
+    format_reports,
+    free_energy_report,
+)
+from pyroflows.diagnostics.tracing import (
+    _VECTORIZE_ADVICE,
+    NotVectorizableWarning,
+    max_plate_nesting,
+    quiet_pyro_logging,
+    vectorization_problem,
+)
+from pyroflows.infer import checkpoint as _checkpoint
 
 __all__ = ["FitResult", "NonFiniteLossError", "fit"]
 
@@ -27,10 +57,15 @@ class FitResult:
 
     Attributes:
         guide: the fitted guide (trained in place).
-        free_energy: ``F = -ELBO`` estimate at each step (numpy array of length ``steps``).
-        wall_time: seconds spent in the optimization loop.
-        report: the :class:`FreeEnergyReport` from fresh draws after fitting (None if skipped).
-        settings: the optimization settings used.
+        free_energy: ``F = -ELBO`` estimate at each step done (numpy array).
+        wall_time: seconds spent in the optimization loop (over all resumed parts).
+        report: the :class:`FreeEnergyReport` from fresh draws after fitting (None if skipped
+            or interrupted).
+        settings: the optimization settings used (``steps`` is the run's total).
+        interrupted: True if Ctrl-C stopped the fit before ``settings["steps"]`` steps; pass the
+            result to ``fit(..., resume=result)`` to continue.
+        optimizer_state: the optimizer's state after the last step (``PyroOptim.get_state()``),
+            which ``resume`` continues from.
     """
 
     guide: Callable
@@ -38,9 +73,12 @@ class FitResult:
     wall_time: float
     report: FreeEnergyReport | None = None
     settings: dict = field(default_factory=dict)
+    interrupted: bool = False
+    optimizer_state: dict | None = field(default=None, repr=False)
 
     @property
     def steps(self) -> int:
+        """The number of optimization steps done."""
         return len(self.free_energy)
 
     @property
@@ -56,6 +94,11 @@ class FitResult:
             f"{self.name}: {self.steps} steps in {self.wall_time:.1f} s "
             f"({self.ms_per_step:.2f} ms/step)"
         )
+        if self.interrupted:
+            head += (
+                f"\ninterrupted after step {self.steps} of {self.settings.get('steps')}: "
+                "continue with fit(model, guide, *args, resume=result)"
+            )
         if self.report is None:
             tail = (
                 np.mean(self.free_energy[-max(1, self.steps // 10) :]) if self.steps else math.nan
@@ -68,7 +111,7 @@ class NonFiniteLossError(FloatingPointError):
     """The loss (or a gradient) became NaN or infinite during :func:`fit`.
 
     The update of that step was not applied, so the guide keeps the parameters left by the last
-    finite step; ``result`` holds the free-energy history up to it.
+    finite step; ``result`` holds the free-energy history up to it (and the optimizer state).
     """
 
     def __init__(self, step: int, loss: float, what: str, result: FitResult):
@@ -93,11 +136,87 @@ def _zero_captured_grads(trace) -> None:
     zero_grads({site["value"].unconstrained() for site in trace.nodes.values()})
 
 
+class _StopRequest:
+    """Ctrl-C during :func:`fit`: the first press asks to stop after the current step; a second
+    press stops at once if the step is still computing its loss (that step is dropped), else
+    after the optimizer update, which is never cut in half."""
+
+    def __init__(self):
+        self.requested = False
+        self.in_loss = False
+        self.now = False
+
+    def handle(self, signum, frame) -> None:
+        if self.requested and self.in_loss:
+            raise KeyboardInterrupt
+        if self.requested:
+            self.now = True
+            return
+        self.requested = True
+        print(
+            "\npyroflows.fit: stopping after this step (Ctrl-C again to stop at once)",
+            file=sys.stderr,
+        )
+
+
+@contextmanager
+def _deferred_ctrl_c(stop: _StopRequest):
+    """Installs ``stop.handle`` for SIGINT in the main thread, if Python's default handler is in
+    place (elsewhere a KeyboardInterrupt is caught between steps instead)."""
+    installed = False
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.getsignal(signal.SIGINT)
+        if previous is signal.default_int_handler:
+            signal.signal(signal.SIGINT, stop.handle)
+            installed = True
+    try:
+        yield
+    finally:
+        if installed:
+            signal.signal(signal.SIGINT, previous)
+
+
+_DEFAULTS = {
+    "lr": 1e-2,
+    "num_particles": 4,
+    "vectorize_particles": True,
+    "lr_decay": 0.1,
+    "clip_norm": 10.0,
+    "anneal_steps": 0,
+    "anneal_from": 0.05,
+}
+
+
+def _resumed_settings(resume, given: dict, guide, checkpoint_state) -> dict:
+    """The settings a resumed fit continues with; a setting given with another value than the
+    interrupted run's is an error, since the optimizer state and schedule belong to those."""
+    previous = resume.settings if checkpoint_state is None else checkpoint_state["settings"]
+    if checkpoint_state is None and resume.guide is not guide:
+        raise ValueError(
+            "resume=result belongs to another guide object: pass the guide of that fit "
+            "(result.guide), or resume from a checkpoint file"
+        )
+    guide_name = type(guide).__name__
+    if previous.get("guide_class", guide_name) != guide_name:
+        raise _checkpoint.CheckpointError(
+            f"the checkpointed run fitted a {previous['guide_class']}, not a {guide_name}"
+        )
+    for name, value in given.items():
+        if value != _DEFAULTS[name] and value != previous[name]:
+            raise ValueError(
+                f"{name}={value!r} differs from the resumed run's {name}={previous[name]!r}: "
+                "resume continues with that run's optimizer state and learning-rate schedule. "
+                "Leave it out, or start a new fit to change it."
+            )
+    return previous
+
+
 def fit(
     model: Callable,
     guide: Callable,
     *args,
-    steps: int = 2000,
+    steps: int | None = None,
     lr: float = 1e-2,
     num_particles: int = 4,
     vectorize_particles: bool = True,
@@ -105,18 +224,23 @@ def fit(
     clip_norm: float = 10.0,
     elbo: ELBO | None = None,
     progress: bool | None = None,
-    report_samples: int | None = 2000,
+    report_samples: int | None = DEFAULT_NUM_DRAWS,
     anneal_steps: int = 0,
     anneal_from: float = 0.05,
+    resume: FitResult | str | os.PathLike | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
     **kwargs,
 ) -> FitResult:
     """Fits ``guide`` to ``model`` by stochastic variational inference.
 
     Adam with elementwise gradient clipping (Pyro's ``ClippedAdam``), ``num_particles``
-    vectorized ELBO particles, and an optional learning-rate decay: the learning rate falls
-    geometrically from ``lr`` to ``lr * lr_decay`` over ``steps``. A tqdm bar shows the running
-    free energy (by default only when stderr is a terminal). After fitting, ``report_samples``
-    fresh draws give the free-energy report (``None`` skips it).
+    vectorized ELBO particles, and a learning-rate decay: the learning rate falls geometrically
+    from ``lr`` to ``lr * lr_decay`` over ``steps`` (default 2000), ``lr_t = lr ·
+    lr_decay^(t/steps)``. A tqdm bar shows the running free energy (by default only when stderr
+    is a terminal). After fitting, ``report_samples`` fresh draws (default 4000, as for
+    :func:`~pyroflows.diagnose`) give the free-energy report on the full data (``None`` or 0
+    skips it).
 
     Annealing (Rezende & Mohamed 2015): with ``anneal_steps > 0`` the model's log density is
     multiplied by ``β`` rising linearly from ``anneal_from`` to 1 over the first
@@ -124,10 +248,24 @@ def fit(
     sharpens; this lets a flexible guide (AutoNAF) keep every mode of a multimodal posterior
     that plain reverse-KL fitting would drop. The history of those steps is the tempered loss.
 
+    Interrupt and resume: Ctrl-C stops after the current step and returns the partial result
+    with ``interrupted=True`` (a second Ctrl-C stops at once, dropping the unfinished step);
+    ``fit(model, guide, *args, resume=result)`` continues it with the same optimizer state and
+    learning-rate schedule, up to the original ``steps`` (or a larger ``steps``, continuing the
+    decay at the same rate). ``checkpoint=path`` writes the parameters, optimizer state,
+    history and random states atomically every ``checkpoint_every`` steps (default: every 5% of
+    the run), at the end, on Ctrl-C and on a non-finite loss; ``resume=path`` continues from
+    the file, also in a new process with a freshly built guide, and ends, on CPU, with the same
+    parameters bit for bit as an uninterrupted run.
+
     ``*args`` and ``**kwargs`` are passed to the model and guide, so the keyword names above
     cannot be model keywords.
 
     Raises:
+        ValueError, TypeError: an argument outside its range, named with the accepted range.
+        ModelGuideMismatchError: the guide was built for another model (before any step).
+        NonFiniteDataError: the first step's loss is not finite and a model argument holds NaN
+            or infinite values (named).
         NonFiniteLossError: the loss or a gradient turned NaN or infinite; it names the step, the
             update is not applied, and ``error.result`` keeps the history.
 
@@ -136,25 +274,130 @@ def fit(
         >>> result = fit(model, guide, data, steps=1000)
         >>> print(result)
     """
-    if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
-    if not 0 < lr_decay <= 1:
-        raise ValueError(f"lr_decay is the final fraction of lr, in (0, 1]; got {lr_decay}")
-    if anneal_steps < 0 or not 0 < anneal_from <= 1:
-        raise ValueError("anneal_steps must be >= 0 and anneal_from in (0, 1]")
+    checkpoint_state = None
+    if resume is not None and not isinstance(resume, FitResult):
+        if not isinstance(resume, str | os.PathLike):
+            raise TypeError(
+                "resume must be a FitResult or the path of a checkpoint, got "
+                f"{type(resume).__name__}"
+            )
+        checkpoint_state = _checkpoint.load_checkpoint(resume)
+    given = {
+        "lr": lr, "num_particles": num_particles, "vectorize_particles": vectorize_particles,
+        "lr_decay": lr_decay, "clip_norm": clip_norm, "anneal_steps": anneal_steps,
+        "anneal_from": anneal_from,
+    }
+    if resume is not None:
+        previous = _resumed_settings(resume, given, guide, checkpoint_state)
+        lr, num_particles = previous["lr"], previous["num_particles"]
+        vectorize_particles = previous["vectorize_particles"]
+        lr_decay, clip_norm = previous["lr_decay"], previous["clip_norm"]
+        anneal_steps, anneal_from = previous["anneal_steps"], previous["anneal_from"]
+        schedule_steps = previous["schedule_steps"]
+        if steps is None:
+            steps = previous["steps"]
+        if elbo is None and previous["elbo"] != "Trace_ELBO":
+            raise ValueError(
+                f"the resumed run used a custom {previous['elbo']}: pass it again as elbo="
+            )
+    else:
+        schedule_steps = None
+    if steps is None:
+        steps = 2000
+
+    steps = check_count("steps", steps, minimum=1)
+    lr = check_positive("lr", lr, why=" (the step size of Adam; e.g. 1e-2)")
+    num_particles = check_count(
+        "num_particles", num_particles, why=" (ELBO samples per step; 0 would train nothing)"
+    )
+    vectorize_particles = check_flag("vectorize_particles", vectorize_particles)
+    lr_decay = check_unit_interval(
+        "lr_decay", lr_decay, why=" (the final fraction of lr; 1.0 keeps lr constant)"
+    )
+    clip_norm = check_positive(
+        "clip_norm", clip_norm, allow_inf=True,
+        why=" (the bound on each gradient element; math.inf turns clipping off)",
+    )
+    anneal_steps = check_count("anneal_steps", anneal_steps, minimum=0)
+    if anneal_steps > steps:
+        raise ValueError(
+            f"anneal_steps ({anneal_steps}) must be at most steps ({steps}): otherwise the fit "
+            "ends on a tempered posterior (β < 1)"
+        )
+    anneal_from = check_unit_interval("anneal_from", anneal_from)
+    if progress is not None:
+        progress = check_flag("progress", progress)
+    if report_samples:
+        report_samples = check_count(
+            "report_samples", report_samples, minimum=MIN_KHAT_DRAWS, why=_KHAT_WHY
+        )
+    if elbo is not None and not isinstance(elbo, ELBO):
+        raise TypeError(f"elbo must be a pyro.infer.ELBO, got {type(elbo).__name__}")
+    if checkpoint_every is not None:
+        checkpoint_every = check_count("checkpoint_every", checkpoint_every)
+        if checkpoint is None:
+            raise ValueError("checkpoint_every needs checkpoint=path, where to write")
+    if checkpoint is not None and not isinstance(checkpoint, str | os.PathLike):
+        raise TypeError(f"checkpoint must be a path, got {type(checkpoint).__name__}")
+    if checkpoint is not None and checkpoint_every is None:
+        checkpoint_every = max(1, steps // 20)
+
+    done: list[float] = []
+    wall_before = 0.0
+    optimizer_state = None
+    if isinstance(resume, FitResult):
+        done = list(resume.free_energy)
+        wall_before = resume.wall_time
+        optimizer_state = copy.deepcopy(resume.optimizer_state)
+    elif checkpoint_state is not None:
+        done = list(checkpoint_state["history"])
+        wall_before = checkpoint_state["wall_time"]
+        optimizer_state = checkpoint_state["optimizer"]
+    if resume is not None and optimizer_state is None:
+        raise ValueError("the resumed result holds no optimizer state (made before pyroflows 0.2)")
+    if len(done) >= steps:
+        raise ValueError(
+            f"the resumed run has already done {len(done)} of steps={steps}: pass a larger "
+            "steps to continue"
+        )
+
+    # one run of the guide and model: sets the guide up, names a guide built for another model
+    # before any step, and gives the ELBO its plate nesting (so it guesses nothing)
+    nesting = max_plate_nesting(model, guide, *args, **kwargs)
+    warned_slow = False
     if elbo is None:
+        vectorize = vectorize_particles and num_particles > 1
+        problem = vectorization_problem(model, guide, args, kwargs) if vectorize else None
+        if problem is not None:
+            warnings.warn(
+                f"the model is not vectorization-safe ({problem}), so fit computes its "
+                f"{num_particles} ELBO particles, and the report its draws, one by one, which is "
+                "slower. " + _VECTORIZE_ADVICE,
+                NotVectorizableWarning,
+                stacklevel=2,
+            )
+            vectorize, warned_slow = False, True
         elbo = Trace_ELBO(
             num_particles=num_particles,
-            vectorize_particles=vectorize_particles and num_particles > 1,
+            vectorize_particles=vectorize,
+            max_plate_nesting=nesting,
         )
+    elif math.isinf(getattr(elbo, "max_plate_nesting", 0)):
+        elbo.max_plate_nesting = nesting
+    if schedule_steps is None:
+        schedule_steps = steps
     settings = {
         "steps": steps,
+        "schedule_steps": schedule_steps,
         "lr": lr,
         "lr_decay": lr_decay,
         "clip_norm": clip_norm,
         "num_particles": elbo.num_particles,
+        "vectorize_particles": vectorize_particles,
         "elbo": type(elbo).__name__,
         "anneal_steps": anneal_steps,
+        "anneal_from": anneal_from,
+        "guide_class": type(guide).__name__,
         "guide": guide.settings() if hasattr(guide, "settings") else type(guide).__name__,
     }
     temperature = {"beta": 1.0}
@@ -166,53 +409,138 @@ def fit(
     training_model = tempered_model if anneal_steps else model
     if progress is None:
         progress = sys.stderr.isatty()
-    optim = ClippedAdam({"lr": lr, "lrd": lr_decay ** (1.0 / steps), "clip_norm": clip_norm})
-    history: list[float] = []
-    bar = tqdm(range(1, steps + 1), disable=not progress, desc=type(guide).__name__, leave=False)
+    optim = ClippedAdam(
+        {"lr": lr, "lrd": lr_decay ** (1.0 / schedule_steps), "clip_norm": clip_norm}
+    )
+    if optimizer_state is not None:
+        optim.set_state(optimizer_state)
+    if checkpoint_state is not None:
+        _restore_from_checkpoint(checkpoint_state, elbo, training_model, guide, args, kwargs)
+    history: list[float] = list(done)
+    param_names: list[str] = list(checkpoint_state["params"]) if checkpoint_state else []
+    first_step = len(done) + 1
+    bar = tqdm(
+        range(first_step, steps + 1), disable=not progress, desc=type(guide).__name__,
+        leave=False,
+    )
+    stop = _StopRequest()
     start = time.perf_counter()
 
-    def partial_result() -> FitResult:
-        return FitResult(guide, np.asarray(history), time.perf_counter() - start, None, settings)
+    def current_state() -> dict:
+        return copy.deepcopy(optim.get_state())
 
-    for step in bar:
-        if anneal_steps:
-            progress_fraction = min(1.0, (step - 1) / anneal_steps)
-            temperature["beta"] = anneal_from + (1.0 - anneal_from) * progress_fraction
-        with poutine.trace(param_only=True) as param_capture:
-            try:
-                loss = elbo.loss_and_grads(training_model, guide, *args, **kwargs)
-            except ValueError as error:
-                if "found invalid values" not in str(error):
-                    raise
-                # Pyro's argument validation caught a NaN inside the model or guide
-                _zero_captured_grads(param_capture.trace)
-                bar.close()
-                raise NonFiniteLossError(
-                    step,
-                    math.nan,
-                    f"a NaN reached a distribution ({str(error).splitlines()[0]})",
-                    partial_result(),
-                ) from error
-        loss = float(loss)
-        params = {site["value"].unconstrained() for site in param_capture.trace.nodes.values()}
-        problem = None
-        if not math.isfinite(loss):
-            problem = f"the loss became {loss}"
-        elif not _gradients_are_finite(params):
-            problem = "a gradient became non-finite"
-        if problem is not None:
-            zero_grads(params)
-            bar.close()
-            raise NonFiniteLossError(step, loss, problem, partial_result())
-        optim(params)
-        zero_grads(params)
-        history.append(loss)
-        if progress and (step % 25 == 0 or step == steps):
-            bar.set_postfix(F=f"{np.mean(history[-100:]):.3f}", refresh=False)
-    bar.close()
-    result = partial_result()
-    if report_samples:
-        result.report = free_energy_report(
-            model, guide, *args, num_samples=report_samples, **kwargs
+    def partial_result(interrupted: bool = False) -> FitResult:
+        return FitResult(
+            guide, np.asarray(history), wall_before + time.perf_counter() - start, None,
+            settings, interrupted, current_state(),
         )
+
+    def write_checkpoint() -> None:
+        if checkpoint is None:
+            return
+        _checkpoint.save_checkpoint(
+            checkpoint,
+            {
+                "step": len(history),
+                "settings": settings,
+                "history": [float(f) for f in history],
+                "wall_time": wall_before + time.perf_counter() - start,
+                "params": _checkpoint.parameter_values(param_names),
+                "optimizer": optim.get_state(),
+                "rng": _checkpoint.rng_state(),
+            },
+        )
+
+    interrupted = False
+    with _deferred_ctrl_c(stop), quiet_pyro_logging():
+        for step in bar:
+            if anneal_steps:
+                progress_fraction = min(1.0, (step - 1) / anneal_steps)
+                temperature["beta"] = anneal_from + (1.0 - anneal_from) * progress_fraction
+            param_capture = poutine.trace(param_only=True)
+            stop.in_loss = True
+            try:
+                with param_capture:
+                    try:
+                        loss = elbo.loss_and_grads(training_model, guide, *args, **kwargs)
+                    except ValueError as error:
+                        if "found invalid values" not in str(error):
+                            raise
+                        # Pyro's argument validation caught a NaN inside the model or guide
+                        _zero_captured_grads(param_capture.trace)
+                        bar.close()
+                        _raise_if_data_is_not_finite(step == first_step, args, kwargs, error)
+                        write_checkpoint()
+                        raise NonFiniteLossError(
+                            step,
+                            math.nan,
+                            f"a NaN reached a distribution ({str(error).splitlines()[0]})",
+                            partial_result(),
+                        ) from error
+            except KeyboardInterrupt:
+                # a second Ctrl-C, or a KeyboardInterrupt from the model or guide: drop the
+                # unfinished step (its gradients), keep everything before it
+                _zero_captured_grads(param_capture.trace)
+                interrupted = True
+                break
+            finally:
+                stop.in_loss = False
+            loss = float(loss)
+            params = {site["value"].unconstrained() for site in param_capture.trace.nodes.values()}
+            if not param_names:
+                param_names = sorted(param_capture.trace.nodes)
+            problem = None
+            if not math.isfinite(loss):
+                problem = f"the loss became {loss}"
+            elif not _gradients_are_finite(params):
+                problem = "a gradient became non-finite"
+            if problem is not None:
+                zero_grads(params)
+                bar.close()
+                _raise_if_data_is_not_finite(step == first_step, args, kwargs, None)
+                write_checkpoint()
+                raise NonFiniteLossError(step, loss, problem, partial_result())
+            optim(params)
+            zero_grads(params)
+            history.append(loss)
+            if progress and (step % 25 == 0 or step == steps):
+                bar.set_postfix(F=f"{np.mean(history[-100:]):.3f}", refresh=False)
+            if checkpoint is not None and step % checkpoint_every == 0:
+                write_checkpoint()
+            if stop.requested or stop.now:
+                interrupted = step < steps
+                break
+    bar.close()
+    write_checkpoint()
+    result = partial_result(interrupted)
+    if report_samples and not interrupted:
+        with warnings.catch_warnings():
+            if warned_slow:  # one warning per fit
+                warnings.simplefilter("ignore", NotVectorizableWarning)
+            result.report = free_energy_report(
+                model, guide, *args, num_samples=report_samples, **kwargs
+            )
     return result
+
+
+def _raise_if_data_is_not_finite(first_step: bool, args, kwargs, cause) -> None:
+    """A non-finite loss at the first step with NaN or infinite data: the data are the cause."""
+    if not first_step:
+        return
+    problems = describe_nonfinite_arguments(args, kwargs)
+    if problems:
+        raise NonFiniteDataError(
+            "the loss is not finite at the first step because the model's data hold non-finite "
+            "values: " + "; ".join(problems) + ". Remove or impute them (or mask them with "
+            "pyro.sample(..., obs_mask=...)); the parameters were not changed."
+        ) from cause
+
+
+def _restore_from_checkpoint(state, elbo, model, guide, args, kwargs) -> None:
+    """Puts the checkpointed params into the (set-up) guide and model params, then the random
+    states, so that the next step is the one the checkpointed run would have taken."""
+    with torch.no_grad(), poutine.block():
+        # creates every param the loss touches (the guide's and the model's) in the store
+        elbo.loss(model, guide, *args, **kwargs)
+    _checkpoint.restore_parameters(state["params"])
+    _checkpoint.set_rng_state(state["rng"])

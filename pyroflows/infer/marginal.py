@@ -7,11 +7,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from pyro import poutine
-from pyro.poutine.util import site_is_subsample
 
-from pyroflows.diagnostics.draws import _vectorize
-from pyroflows.diagnostics.free_energy import max_plate_nesting as _max_plate_nesting
+from pyroflows._validation import check_count
+from pyroflows.diagnostics.tracing import SiteDraws, trace_draws
 
 __all__ = ["ImportanceEstimate", "importance_log_likelihood"]
 
@@ -40,35 +38,26 @@ class ImportanceEstimate:
         return float(-self.elbo.mean())
 
 
-def _per_datapoint(trace, data_plate: str, particle_dim: int, observed: bool) -> torch.Tensor:
-    """Sum of the trace's log-densities, shape ``(particles, data)`` (either may be 1)."""
-    width = -particle_dim
-    total = torch.zeros(())
-    for name, site in trace.nodes.items():
-        if site["type"] != "sample" or site_is_subsample(site):
-            continue
-        if site["is_observed"] and not observed:
-            continue
-        frames = [f for f in site["cond_indep_stack"] if f.name == data_plate]
-        if not frames:
-            raise ValueError(
-                f"sample site {name!r} is outside the plate {data_plate!r}: a per-data-point "
-                "estimate needs every latent and observed site inside that plate"
-            )
-        if not (isinstance(site["scale"], float | int) and site["scale"] == 1.0):
-            raise ValueError(
-                f"site {name!r} has a scale (subsampling or poutine.scale, e.g. a KL warm-up "
-                "factor): evaluate with the full data plate and scale 1"
-            )
-        log_prob = site["log_prob"]
-        log_prob = log_prob.reshape((1,) * (width - log_prob.dim()) + log_prob.shape)
-        data_axis = width + frames[0].dim
-        keep = {0, data_axis}
-        others = [axis for axis in range(width) if axis not in keep]
-        if others:
-            log_prob = log_prob.sum(others, keepdim=True)
-        total = total + log_prob.reshape(log_prob.shape[0], log_prob.shape[data_axis])
-    return total
+def _per_datapoint(site: SiteDraws, data_plate: str) -> torch.Tensor:
+    """A site's log density summed over every axis but the draw axis and ``data_plate``'s,
+    shape ``(draws, data)``."""
+    if data_plate not in site.plates:
+        raise ValueError(
+            f"sample site {site.name!r} is outside the plate {data_plate!r}: a per-data-point "
+            "estimate needs every latent and observed site inside that plate"
+        )
+    scale = site.scale
+    if not (isinstance(scale, float | int) and scale == 1.0):
+        raise ValueError(
+            f"site {site.name!r} has a scale (poutine.scale, e.g. a KL warm-up factor): "
+            "evaluate with scale 1"
+        )
+    log_prob = site.log_prob
+    axis = 1 + site.plates.index(data_plate)
+    others = [a for a in range(1, log_prob.dim()) if a != axis]
+    if others:
+        log_prob = log_prob.sum(others, keepdim=True)
+    return log_prob.reshape(log_prob.shape[0], log_prob.shape[axis])
 
 
 @torch.no_grad()
@@ -79,7 +68,6 @@ def importance_log_likelihood(
     num_samples: int = 5000,
     chunk_size: int = 500,
     data_plate: str = "data",
-    max_plate_nesting: int | None = None,
     **kwargs,
 ) -> ImportanceEstimate:
     """Estimates ``log p(x_i)`` for every data point in the plate ``data_plate``.
@@ -87,40 +75,28 @@ def importance_log_likelihood(
     Draws ``num_samples`` from the guide, ``chunk_size`` at a time (vectorized over an extra
     particle plate, so memory is ``chunk_size`` times one pass), and combines the chunks with a
     running log-sum-exp. Every latent site must sit inside ``data_plate`` (no global latents).
+    The draws and densities come from :func:`pyroflows.diagnostics.tracing.trace_draws`, the
+    code path of every diagnostic.
 
     Example:
         >>> estimate = importance_log_likelihood(vae.model, vae.guide, x_test)  # doctest: +SKIP
         >>> print(estimate.nll, estimate.negative_elbo, estimate.num_samples)  # doctest: +SKIP
     """
-    if num_samples < 1 or chunk_size < 1:
-        raise ValueError("num_samples and chunk_size must be at least 1")
-    if max_plate_nesting is None:
-        max_plate_nesting = _max_plate_nesting(model, guide, *args, **kwargs)
-    particle_dim = -max_plate_nesting - 1
+    check_count("num_samples", num_samples, minimum=1)
+    check_count("chunk_size", chunk_size, minimum=1)
     log_sum = None
     elbo_sum = None
-    for start in range(0, num_samples, chunk_size):
-        size = min(chunk_size, num_samples - start)
-        guide_trace = poutine.trace(_vectorize(guide, size, -particle_dim)).get_trace(
-            *args, **kwargs
-        )
-        model_trace = poutine.trace(
-            poutine.replay(_vectorize(model, size, -particle_dim), trace=guide_trace)
-        ).get_trace(*args, **kwargs)
-        for name, site in model_trace.nodes.items():
-            if (
-                site["type"] == "sample"
-                and not site["is_observed"]
-                and not site_is_subsample(site)
-                and name not in guide_trace
-            ):
-                raise ValueError(f"latent site {name!r} of the model is missing from the guide")
-        model_trace.compute_log_prob()
-        guide_trace.compute_log_prob()
-        log_w = _per_datapoint(model_trace, data_plate, particle_dim, True) - _per_datapoint(
-            guide_trace, data_plate, particle_dim, False
-        )
-        log_w = log_w.expand(size, log_w.shape[1])
+    for chunk in trace_draws(
+        model, guide, args, kwargs, num_samples=num_samples, chunk_size=chunk_size,
+        keep_sites=True,
+    ):
+        log_w = 0.0
+        for site in chunk.model_sites.values():
+            if site.log_prob is not None:
+                log_w = log_w + _per_datapoint(site, data_plate)
+        for site in chunk.guide_sites.values():
+            if site.log_prob is not None and not site.is_observed:
+                log_w = log_w - _per_datapoint(site, data_plate)
         chunk_lse = torch.logsumexp(log_w, dim=0)
         log_sum = chunk_lse if log_sum is None else torch.logaddexp(log_sum, chunk_lse)
         chunk_sum = log_w.sum(0)
