@@ -97,6 +97,11 @@ def psis_log_weights(log_weights: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(smoothed, dtype=log_weights.dtype, device=log_weights.device)
 
 
+#: an IW bound this far above the ELBO (nats; half of log 2) makes the report suspect a
+#: missed mode or tail
+MISSED_MODE_GAP = 0.5 * math.log(2.0)
+
+
 @dataclass(frozen=True)
 class FreeEnergyReport:
     """Quality of a fitted guide, from fresh draws. All values in nats.
@@ -144,8 +149,20 @@ class FreeEnergyReport:
             return "ok"
         return "unreliable"
 
+    @property
+    def suspects_missed_mode(self) -> bool:
+        """The importance-weighted bound sits above the ELBO by more than
+        :data:`MISSED_MODE_GAP` nats (half of log 2): mass the guide covers only thinly, a
+        second mode it straddles or a tail it cuts. (A mode the guide misses entirely leaves
+        no trace in its own draws: weights that are all alike, a gap near zero; only a fit
+        from elsewhere, e.g. tempered, finds it.)"""
+        return self.kl_lower_bound > MISSED_MODE_GAP
+
     def as_dict(self) -> dict[str, float | int | str]:
-        return {**asdict(self), "verdict": self.verdict}
+        return {
+            **asdict(self), "verdict": self.verdict,
+            "suspects_missed_mode": self.suspects_missed_mode,
+        }
 
     def __str__(self) -> str:
         return format_reports({"guide": self})

@@ -70,6 +70,8 @@ class AutoFlow(AutoFlowGuide):
         with torch.random.fork_rng(devices=[]):
             make_flow(flow, 2, num_transforms=1, **flow_options)
         self.flow_name = flow
+        #: whether the family can represent several modes (fit tempers such guides)
+        self.multimodal = family.multimodal
         self.num_transforms = num_transforms
         self.flow_options = dict(flow_options)
         super().__init__(model, init_loc_fn=init_loc_fn, init_scale=init_scale, init=init)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 from pyro import poutine
+from pyro.util import get_rng_state, set_rng_state
 from torch.distributions import biject_to
 
 __all__ = ["Start", "laplace_start", "unconstrained_log_joint"]
@@ -105,7 +106,7 @@ def _map_by_lbfgs(objective, z0: torch.Tensor, max_iterations: int):
         optimizer.zero_grad()
         value = objective(z)
         if not torch.isfinite(value):
-            raise FloatingPointError(f"the log joint became {float(-value)} during L-BFGS")
+            raise FloatingPointError(f"the log joint became {float(-value.detach())} during L-BFGS")
         value.backward()
         evaluations["count"] += 1
         return value
@@ -129,7 +130,19 @@ def laplace_start(
     max_iterations: int = 500,
 ) -> list[Start]:
     """The candidate starts, best first by construction: a Laplace start (or nothing, when it
-    is impossible) followed by the ``init_loc_fn`` start. See the module docstring."""
+    is impossible) followed by the ``init_loc_fn`` start. See the module docstring. The global
+    random state is left as it was (the model runs it takes may draw)."""
+    state = get_rng_state()
+    try:
+        return _laplace_start(
+            guide, init_loc, init_scale, args, kwargs, full_hessian_max_dim, max_iterations
+        )
+    finally:
+        set_rng_state(state)
+
+
+def _laplace_start(guide, init_loc, init_scale, args, kwargs, full_hessian_max_dim,
+                   max_iterations) -> list[Start]:
     dim = init_loc.shape[0]
     fallback = Start("init_loc_fn", init_loc, init_scale, "the model's init_loc_fn values")
     subsampled = _subsampled_plate(guide, args, kwargs)

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyro
 import torch
 from pyro import poutine
 from pyro.infer import ELBO, Trace_ELBO
@@ -47,6 +48,13 @@ from pyroflows.diagnostics.tracing import (
     vectorization_problem,
 )
 from pyroflows.infer import checkpoint as _checkpoint
+from pyroflows.infer.schedule import (
+    PILOT_LRS,
+    PILOT_STEPS,
+    Schedule,
+    StoppingRule,
+    pick_pilot,
+)
 
 __all__ = ["FitResult", "NonFiniteLossError", "fit"]
 
@@ -75,6 +83,26 @@ class FitResult:
     settings: dict = field(default_factory=dict)
     interrupted: bool = False
     optimizer_state: dict | None = field(default=None, repr=False)
+    converged: bool | None = None
+    convergence: str = ""
+
+    @property
+    def verdict(self) -> str:
+        """The report's PSIS verdict, never better than the optimization allows: a fit whose
+        free energy was still falling when it stopped is ``"not converged"`` (k-hat, computed
+        from a guide that is still moving, says nothing about the posterior it is moving to);
+        one whose report suspects a missed mode is at best ``"ok"``. See :data:`VERDICT_RULE`.
+        """
+        if self.report is None:
+            return "no report"
+        verdict = self.report.verdict
+        if verdict == "unreliable":
+            return verdict
+        if self.converged is False:
+            return "not converged"
+        if verdict == "good" and self.report.suspects_missed_mode:
+            return "ok"
+        return verdict
 
     @property
     def steps(self) -> int:
@@ -99,12 +127,20 @@ class FitResult:
                 f"\ninterrupted after step {self.steps} of {self.settings.get('steps')}: "
                 "continue with fit(model, guide, *args, resume=result)"
             )
+        start = self.settings.get("guide", {})
+        if isinstance(start, dict) and "start" in start:
+            head += f"\nstart: {start['start']}"
+        if self.convergence:
+            head += f"\nconvergence: {self.convergence}"
         if self.report is None:
             tail = (
                 np.mean(self.free_energy[-max(1, self.steps // 10) :]) if self.steps else math.nan
             )
             return f"{head}\nfinal running free energy {tail:.3f} (no report computed)"
-        return head + "\n" + format_reports({self.name: self.report})
+        return (
+            head + "\n" + format_reports({self.name: self.report})
+            + f"\nverdict: {self.verdict}"
+        )
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -178,14 +214,29 @@ def _deferred_ctrl_c(stop: _StopRequest):
 
 
 _DEFAULTS = {
-    "lr": 1e-2,
-    "num_particles": 4,
+    "lr": "auto",
+    "num_particles": 8,
     "vectorize_particles": True,
     "lr_decay": 0.1,
     "clip_norm": 10.0,
-    "anneal_steps": 0,
+    "anneal_steps": "auto",
     "anneal_from": 0.05,
+    "max_steps": 20000,
 }
+
+#: the step size of fixed runs shorter than four pilot runs (no pilot is worth it there)
+SHORT_RUN_LR = 1e-2
+
+#: steps of tempering that ``anneal_steps="auto"`` gives a guide that can represent several
+#: modes (``guide.multimodal``: NAF and spline flows), none to the others
+AUTO_ANNEAL_STEPS = 500
+
+#: how :attr:`FitResult.verdict` combines the evidence
+VERDICT_RULE = (
+    "k-hat >= 0.7: unreliable; else a free energy still falling when the fit stopped: not "
+    "converged; else 0.5 <= k-hat < 0.7, or k-hat < 0.5 with a suspected missed mode: ok; "
+    "else good"
+)
 
 
 def _resumed_settings(resume, given: dict, guide, checkpoint_state) -> dict:
@@ -216,31 +267,50 @@ def fit(
     model: Callable,
     guide: Callable,
     *args,
-    steps: int | None = None,
-    lr: float = 1e-2,
-    num_particles: int = 4,
+    steps: int | str | None = None,
+    lr: float | str = "auto",
+    num_particles: int = 8,
     vectorize_particles: bool = True,
     lr_decay: float = 0.1,
     clip_norm: float = 10.0,
     elbo: ELBO | None = None,
     progress: bool | None = None,
     report_samples: int | None = DEFAULT_NUM_DRAWS,
-    anneal_steps: int = 0,
+    anneal_steps: int | str = "auto",
     anneal_from: float = 0.05,
+    max_steps: int = 20000,
     resume: FitResult | str | os.PathLike | None = None,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int | None = None,
     **kwargs,
 ) -> FitResult:
-    """Fits ``guide`` to ``model`` by stochastic variational inference.
+    """Fits ``guide`` to ``model`` by stochastic variational inference, tuned by itself.
 
-    Adam with elementwise gradient clipping (Pyro's ``ClippedAdam``), ``num_particles``
-    vectorized ELBO particles, and a learning-rate decay: the learning rate falls geometrically
-    from ``lr`` to ``lr * lr_decay`` over ``steps`` (default 2000), ``lr_t = lr ·
-    lr_decay^(t/steps)``. A tqdm bar shows the running free energy (by default only when stderr
-    is a terminal). After fitting, ``report_samples`` fresh draws (default 4000, as for
-    :func:`~pyroflows.diagnose`) give the free-energy report on the full data (``None`` or 0
-    skips it).
+    Defaults, and why (measured on the development targets of ``benchmarks/bench_accuracy.py``;
+    :mod:`pyroflows.infer.schedule` has the details):
+
+    * Pyro's ``ClippedAdam`` (elementwise gradient clipping at ``clip_norm=10``: one wild
+      gradient cannot throw a flow far), with ``num_particles=8`` vectorized ELBO particles
+      (half the gradient variance of 4, at a small cost per step for small models);
+    * ``lr="auto"``: pilot runs of 60 steps at 3e-3, 1e-2 and 3e-2 from the same start choose
+      the step size (a larger one must be better by more than its noise), and the fit goes on
+      from the winning pilot's state; pyroflows guides learn in the whitened coordinates of
+      their start, so this grid fits posteriors of any scale;
+    * ``steps="auto"``: runs until the free energy stops improving by more than its Monte Carlo
+      error (checked every 100 steps, twice in a row, after at least 500), then decays the
+      learning rate geometrically to ``lr · lr_decay`` (``lr_decay=0.1``) over ``max(200,
+      20%)`` more steps; ``max_steps=20000`` caps it, and a fit the cap stopped while still
+      improving is reported as not converged. With ``steps=N`` the rate decays from ``lr`` to
+      ``lr · lr_decay`` over the ``N`` steps instead, and the same test says at the end whether
+      the free energy was still falling;
+    * ``anneal_steps="auto"``: 500 steps of tempering (below) for guides that can represent
+      several modes (``guide.multimodal``: NAF and spline flows), none for the others.
+
+    A tqdm bar shows the running free energy (by default only when stderr is a terminal). After
+    fitting, ``report_samples`` fresh draws (default 4000, as for :func:`~pyroflows.diagnose`)
+    give the free-energy report on the full data (``None`` or 0 skips it), and
+    :attr:`FitResult.verdict` combines its PSIS k-hat with the convergence evidence
+    (:data:`VERDICT_RULE`).
 
     Annealing (Rezende & Mohamed 2015): with ``anneal_steps > 0`` the model's log density is
     multiplied by ``β`` rising linearly from ``anneal_from`` to 1 over the first
@@ -282,31 +352,37 @@ def fit(
                 f"{type(resume).__name__}"
             )
         checkpoint_state = _checkpoint.load_checkpoint(resume)
+    if isinstance(resume, FitResult) and resume.steps == 0:
+        resume = None  # interrupted before its first step (during the pilot runs): start again
     given = {
         "lr": lr, "num_particles": num_particles, "vectorize_particles": vectorize_particles,
         "lr_decay": lr_decay, "clip_norm": clip_norm, "anneal_steps": anneal_steps,
-        "anneal_from": anneal_from,
+        "anneal_from": anneal_from, "max_steps": max_steps,
     }
+    schedule_state = None
     if resume is not None:
         previous = _resumed_settings(resume, given, guide, checkpoint_state)
         lr, num_particles = previous["lr"], previous["num_particles"]
         vectorize_particles = previous["vectorize_particles"]
         lr_decay, clip_norm = previous["lr_decay"], previous["clip_norm"]
         anneal_steps, anneal_from = previous["anneal_steps"], previous["anneal_from"]
-        schedule_steps = previous["schedule_steps"]
+        max_steps = previous["max_steps"]
+        schedule_state = dict(previous["schedule"])
         if steps is None:
-            steps = previous["steps"]
+            steps = "auto" if schedule_state["auto"] else schedule_state["steps"]
         if elbo is None and previous["elbo"] != "Trace_ELBO":
             raise ValueError(
                 f"the resumed run used a custom {previous['elbo']}: pass it again as elbo="
             )
-    else:
-        schedule_steps = None
     if steps is None:
-        steps = 2000
+        steps = "auto"
 
-    steps = check_count("steps", steps, minimum=1)
-    lr = check_positive("lr", lr, why=" (the step size of Adam; e.g. 1e-2)")
+    max_steps = check_count("max_steps", max_steps, minimum=1)
+    auto_steps = steps == "auto"
+    if not auto_steps:
+        steps = check_count("steps", steps, minimum=1, why=' (or "auto")')
+    if lr != "auto":
+        lr = check_positive("lr", lr, why=' (the step size of Adam, e.g. 1e-2; or "auto")')
     num_particles = check_count(
         "num_particles", num_particles, why=" (ELBO samples per step; 0 would train nothing)"
     )
@@ -318,11 +394,14 @@ def fit(
         "clip_norm", clip_norm, allow_inf=True,
         why=" (the bound on each gradient element; math.inf turns clipping off)",
     )
-    anneal_steps = check_count("anneal_steps", anneal_steps, minimum=0)
-    if anneal_steps > steps:
+    if anneal_steps == "auto":
+        anneal_steps = AUTO_ANNEAL_STEPS if getattr(guide, "multimodal", False) else 0
+    anneal_steps = check_count("anneal_steps", anneal_steps, minimum=0, why=' (or "auto")')
+    if anneal_steps > (max_steps if auto_steps else steps):
         raise ValueError(
-            f"anneal_steps ({anneal_steps}) must be at most steps ({steps}): otherwise the fit "
-            "ends on a tempered posterior (β < 1)"
+            f"anneal_steps ({anneal_steps}) must be at most steps "
+            f"({max_steps if auto_steps else steps}): otherwise the fit ends on a tempered "
+            "posterior (β < 1)"
         )
     anneal_from = check_unit_interval("anneal_from", anneal_from)
     if progress is not None:
@@ -340,7 +419,7 @@ def fit(
     if checkpoint is not None and not isinstance(checkpoint, str | os.PathLike):
         raise TypeError(f"checkpoint must be a path, got {type(checkpoint).__name__}")
     if checkpoint is not None and checkpoint_every is None:
-        checkpoint_every = max(1, steps // 20)
+        checkpoint_every = 100 if auto_steps else max(1, steps // 20)
 
     done: list[float] = []
     wall_before = 0.0
@@ -355,11 +434,6 @@ def fit(
         optimizer_state = checkpoint_state["optimizer"]
     if resume is not None and optimizer_state is None:
         raise ValueError("the resumed result holds no optimizer state (made before pyroflows 0.2)")
-    if len(done) >= steps:
-        raise ValueError(
-            f"the resumed run has already done {len(done)} of steps={steps}: pass a larger "
-            "steps to continue"
-        )
 
     # one run of the guide and model: sets the guide up, names a guide built for another model
     # before any step, and gives the ELBO its plate nesting (so it guesses nothing)
@@ -384,22 +458,7 @@ def fit(
         )
     elif math.isinf(getattr(elbo, "max_plate_nesting", 0)):
         elbo.max_plate_nesting = nesting
-    if schedule_steps is None:
-        schedule_steps = steps
-    settings = {
-        "steps": steps,
-        "schedule_steps": schedule_steps,
-        "lr": lr,
-        "lr_decay": lr_decay,
-        "clip_norm": clip_norm,
-        "num_particles": elbo.num_particles,
-        "vectorize_particles": vectorize_particles,
-        "elbo": type(elbo).__name__,
-        "anneal_steps": anneal_steps,
-        "anneal_from": anneal_from,
-        "guide_class": type(guide).__name__,
-        "guide": guide.settings() if hasattr(guide, "settings") else type(guide).__name__,
-    }
+
     temperature = {"beta": 1.0}
 
     def tempered_model(*model_args, **model_kwargs):
@@ -409,27 +468,67 @@ def fit(
     training_model = tempered_model if anneal_steps else model
     if progress is None:
         progress = sys.stderr.isatty()
-    optim = ClippedAdam(
-        {"lr": lr, "lrd": lr_decay ** (1.0 / schedule_steps), "clip_norm": clip_norm}
-    )
+    stop = _StopRequest()
+    start = time.perf_counter()
+    pilot_history: list[float] = []
+    pilots: list[dict] = []
+    if lr == "auto" and not auto_steps and steps < 4 * PILOT_STEPS:
+        lr = SHORT_RUN_LR  # too short a run to spend on pilots
+    if lr == "auto":  # a fresh run (a resumed one continues with its resolved lr)
+        with _deferred_ctrl_c(stop), quiet_pyro_logging():
+            lr, pilot_history, pilots = _pilot_runs(elbo, model, guide, args, kwargs, clip_norm,
+                                                    stop)
+        if lr is None:  # Ctrl-C during the pilot runs: the guide is back where it started
+            settings = {"steps": steps, "lr": "auto", "guide_class": type(guide).__name__}
+            return FitResult(guide, np.asarray([]), time.perf_counter() - start, None, settings,
+                             True, {})
+    if schedule_state is not None:
+        schedule = Schedule(**schedule_state)
+    elif auto_steps:
+        schedule = Schedule(lr, lr_decay, auto=True)
+    else:
+        schedule = Schedule(lr, lr_decay, span=steps)
+    run_steps = schedule.total(max_steps) if auto_steps else steps
+    if len(done) >= run_steps:
+        raise ValueError(
+            f"the resumed run has already done {len(done)} of its {run_steps} steps: pass a "
+            "larger steps to continue"
+        )
+    rule = StoppingRule(min_steps=max(StoppingRule.min_steps, anneal_steps + 200))
+    settings = {
+        "steps": "auto" if auto_steps else steps,
+        "max_steps": max_steps,
+        "schedule": schedule.as_dict(),
+        "lr": lr,
+        "lr_decay": lr_decay,
+        "clip_norm": clip_norm,
+        "num_particles": elbo.num_particles,
+        "vectorize_particles": vectorize_particles,
+        "elbo": type(elbo).__name__,
+        "anneal_steps": anneal_steps,
+        "anneal_from": anneal_from,
+        "pilot": pilots,
+        "guide_class": type(guide).__name__,
+        "guide": guide.settings() if hasattr(guide, "settings") else type(guide).__name__,
+    }
+    optim = ClippedAdam({"lr": lr, "lrd": 1.0, "clip_norm": clip_norm})
     if optimizer_state is not None:
         optim.set_state(optimizer_state)
     if checkpoint_state is not None:
         _restore_from_checkpoint(checkpoint_state, elbo, training_model, guide, args, kwargs)
-    history: list[float] = list(done)
+    history: list[float] = list(done) if done else list(pilot_history)
     param_names: list[str] = list(checkpoint_state["params"]) if checkpoint_state else []
-    first_step = len(done) + 1
+    first_step = len(history) + 1
     bar = tqdm(
-        range(first_step, steps + 1), disable=not progress, desc=type(guide).__name__,
+        total=run_steps, initial=len(history), disable=not progress, desc=type(guide).__name__,
         leave=False,
     )
-    stop = _StopRequest()
-    start = time.perf_counter()
 
     def current_state() -> dict:
         return copy.deepcopy(optim.get_state())
 
     def partial_result(interrupted: bool = False) -> FitResult:
+        settings["schedule"] = schedule.as_dict()
         return FitResult(
             guide, np.asarray(history), wall_before + time.perf_counter() - start, None,
             settings, interrupted, current_state(),
@@ -438,6 +537,7 @@ def fit(
     def write_checkpoint() -> None:
         if checkpoint is None:
             return
+        settings["schedule"] = schedule.as_dict()
         _checkpoint.save_checkpoint(
             checkpoint,
             {
@@ -452,8 +552,10 @@ def fit(
         )
 
     interrupted = False
+    step = first_step - 1
     with _deferred_ctrl_c(stop), quiet_pyro_logging():
-        for step in bar:
+        while step < run_steps:
+            step += 1
             if anneal_steps:
                 progress_fraction = min(1.0, (step - 1) / anneal_steps)
                 temperature["beta"] = anneal_from + (1.0 - anneal_from) * progress_fraction
@@ -500,19 +602,32 @@ def fit(
                 _raise_if_data_is_not_finite(step == first_step, args, kwargs, None)
                 write_checkpoint()
                 raise NonFiniteLossError(step, loss, problem, partial_result())
+            _set_learning_rate(optim, schedule.lr_at(step))
             optim(params)
             zero_grads(params)
             history.append(loss)
-            if progress and (step % 25 == 0 or step == steps):
+            bar.update(1)
+            if progress and (step % 25 == 0 or step == run_steps):
                 bar.set_postfix(F=f"{np.mean(history[-100:]):.3f}", refresh=False)
+            if (
+                auto_steps and schedule.decay_start is None and step % rule.window == 0
+                and step >= rule.min_steps and _stalled(rule, history)
+            ):
+                schedule.start_decay(step, max_steps)
+                run_steps = schedule.total(max_steps)
+                bar.total = run_steps
             if checkpoint is not None and step % checkpoint_every == 0:
                 write_checkpoint()
             if stop.requested or stop.now:
-                interrupted = step < steps
+                interrupted = step < run_steps
                 break
     bar.close()
     write_checkpoint()
     result = partial_result(interrupted)
+    if not interrupted:
+        result.converged, result.convergence = _convergence(
+            rule, history, schedule, auto_steps, anneal_steps
+        )
     if report_samples and not interrupted:
         with warnings.catch_warnings():
             if warned_slow:  # one warning per fit
@@ -521,6 +636,106 @@ def fit(
                 model, guide, *args, num_samples=report_samples, **kwargs
             )
     return result
+
+
+def _set_learning_rate(optim: ClippedAdam, lr: float) -> None:
+    """Sets the step size of every parameter's optimizer (new parameters start at the base)."""
+    for torch_optim in optim.optim_objs.values():
+        for group in torch_optim.param_groups:
+            group["lr"] = lr
+
+
+def _stalled(rule: StoppingRule, history: list[float]) -> bool:
+    """The rule's test at this check and at the one before (its patience, here 2), as a
+    function of the history alone, so that a resumed run decides exactly as an uninterrupted
+    one."""
+    return all(
+        rule.stalled(history[: len(history) - k * rule.window]) for k in range(rule.patience)
+    )
+
+
+def _convergence(rule, history, schedule, auto_steps: bool, anneal_steps: int):
+    """``(converged, why)`` at the end of a fit."""
+    if auto_steps and schedule.decay_start is not None:
+        return True, (
+            f"the free energy stopped improving by more than its Monte Carlo error at step "
+            f"{schedule.decay_start}; the learning rate then decayed over "
+            f"{schedule.decay_steps} steps"
+        )
+    if len(history) < max(2 * rule.window, anneal_steps + 2 * rule.window):
+        return None, "too few steps to judge convergence"
+    if auto_steps:  # the cap stopped it
+        return False, (
+            f"max_steps reached while the free energy was still improving ("
+            f"{rule.describe(history)}): fit longer (a larger max_steps, or resume=result)"
+        )
+    if rule.stalled(history):
+        return True, f"{rule.describe(history)}: within its Monte Carlo error"
+    return False, (
+        f"{rule.describe(history)}, more than its Monte Carlo error: still improving; fit "
+        "longer (steps='auto', or resume=result with a larger steps)"
+    )
+
+
+def _pilot_runs(elbo, model, guide, args, kwargs, clip_norm, stop):
+    """Chooses the step size by pilot runs (see :mod:`pyroflows.infer.schedule`); returns
+    ``(lr, the winning pilot's history, a summary per pilot)``, the guide and the model's
+    parameters left where the winning pilot took them. ``lr`` is None when Ctrl-C asked to
+    stop; the parameters are then back at their start."""
+    store = pyro.get_param_store()
+    with torch.no_grad():
+        elbo.loss(model, guide, *args, **kwargs)  # creates every param the loss touches
+    start = {name: value.detach().clone() for name, value in store.named_parameters()}
+
+    def load(values):
+        with torch.no_grad():
+            for name, value in store.named_parameters():
+                if name in values:
+                    value.copy_(values[name])
+
+    scores, ends, histories, summaries = [], [], [], []
+    for lr in PILOT_LRS:
+        load(start)
+        optim = ClippedAdam({"lr": lr, "lrd": 1.0, "clip_norm": clip_norm})
+        losses: list[float] = []
+        for _ in range(PILOT_STEPS):
+            capture = poutine.trace(param_only=True)
+            try:
+                with capture:
+                    loss = float(elbo.loss_and_grads(model, guide, *args, **kwargs))
+            except ValueError as error:  # a NaN caught by Pyro's validation: this lr fails
+                if "found invalid values" not in str(error):
+                    raise
+                _zero_captured_grads(capture.trace)
+                loss = math.nan
+            params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
+            if not (math.isfinite(loss) and _gradients_are_finite(params)):
+                zero_grads(params)
+                losses = []
+                break
+            optim(params)
+            zero_grads(params)
+            losses.append(loss)
+            if stop.requested:
+                load(start)
+                return None, [], []
+        tail = np.asarray(losses[len(losses) // 2 :], dtype=float)
+        mean = float(tail.mean()) if len(tail) else math.inf
+        se = float(tail.std(ddof=1) / math.sqrt(len(tail))) if len(tail) > 1 else math.inf
+        scores.append((lr, mean, se))
+        summaries.append({"lr": lr, "free_energy": mean, "se": se})
+        ends.append({name: value.detach().clone() for name, value in store.named_parameters()})
+        histories.append(losses)
+    try:
+        best = pick_pilot(scores)
+    except FloatingPointError:
+        load(start)
+        raise NonFiniteLossError(
+            1, math.nan, f"every pilot run of the step size ({list(PILOT_LRS)}) diverged",
+            FitResult(guide, np.asarray([]), 0.0, None, {}, False, {}),
+        ) from None
+    load(ends[best])
+    return PILOT_LRS[best], histories[best], summaries
 
 
 def _raise_if_data_is_not_finite(first_step: bool, args, kwargs, cause) -> None:

@@ -72,6 +72,8 @@ class FlowFamily:
         sampling_cost, density_cost: the cost of a draw, and of the density of any point.
         inverse: how the inverse of an external point is computed.
         identity_at_init: a fresh flow is exactly the identity (else ``x ≈ c·u`` near 0).
+        multimodal: its layers bend a Gaussian into several modes (NAF, splines): ``fit``
+            tempers such guides by default.
     """
 
     name: str
@@ -83,6 +85,7 @@ class FlowFamily:
     density_cost: str
     inverse: str
     identity_at_init: bool = True
+    multimodal: bool = False
 
 
 _FLOWS: dict[str, FlowFamily] = {}
@@ -98,6 +101,7 @@ def register_flow(
     inverse: str,
     default_num_transforms: int = 2,
     identity_at_init: bool = True,
+    multimodal: bool = False,
 ):
     """Decorator registering a builder ``(dim, context_dim, num_transforms, **options)`` that
     returns the list of layers of one flow (see the module docstring for an example)."""
@@ -107,7 +111,7 @@ def register_flow(
             raise ValueError(f"a flow family is already registered as {name!r}")
         _FLOWS[name] = FlowFamily(
             name, build, default_num_transforms, one_pass_sampling, paper, sampling_cost,
-            density_cost, inverse, identity_at_init,
+            density_cost, inverse, identity_at_init, multimodal,
         )
         return build
 
@@ -319,6 +323,7 @@ register_flow(
     density_cost=_AR_SEQUENTIAL + " (direction='iaf'); 1 pass with direction='maf'",
     inverse="bisection per pass",
     identity_at_init=False,
+    multimodal=True,
 )
 def _build_naf(
     dim, context_dim, num_transforms, *, transformer="dsf", hidden_units=8, depth=2,
@@ -338,6 +343,7 @@ def _build_naf(
     sampling_cost="1 pass (direction='iaf', the default, or structure='coupling')",
     density_cost=_AR_SEQUENTIAL + " (direction='iaf'); 1 pass with direction='maf' or coupling",
     inverse="closed form (quadratic root) per pass",
+    multimodal=True,
 )
 def _build_nsf(
     dim, context_dim, num_transforms, *, num_bins=8, bound=4.0,

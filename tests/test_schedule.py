@@ -1,0 +1,104 @@
+"""fit's schedule: the learning rate of every step, the stopping rule, the pilot runs' choice,
+and a verdict that never calls an unconverged fit good."""
+
+import math
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+import pyroflows
+from pyroflows.diagnostics.free_energy import FreeEnergyReport
+from pyroflows.infer.fit import FitResult
+from pyroflows.infer.schedule import Schedule, StoppingRule, pick_pilot
+
+
+def test_fixed_schedule_decays_geometrically_over_its_span():
+    schedule = Schedule(lr=1e-2, lr_decay=0.1, span=100)
+    assert schedule.lr_at(1) == pytest.approx(1e-2)
+    assert schedule.lr_at(101) == pytest.approx(1e-3)
+    assert schedule.lr_at(201) == pytest.approx(1e-4)  # a resumed, longer run keeps the rate
+
+
+def test_auto_schedule_is_constant_until_the_rule_fires_then_decays():
+    schedule = Schedule(lr=1e-2, lr_decay=0.1, auto=True)
+    assert schedule.total(5000) == 5000 and schedule.lr_at(3000) == 1e-2
+    schedule.start_decay(1000, 5000)
+    assert schedule.decay_steps == 200 and schedule.total(5000) == 1200
+    assert schedule.lr_at(1000) == 1e-2
+    assert schedule.lr_at(1200) == pytest.approx(1e-3)
+    schedule = Schedule(lr=1e-2, lr_decay=0.1, auto=True)
+    schedule.start_decay(4000, 4500)  # the decay never runs past max_steps
+    assert schedule.total(4500) == 4500
+
+
+def test_stopping_rule_on_noise_and_on_a_descent():
+    rng = np.random.default_rng(0)
+    rule = StoppingRule()
+    flat = list(10 + rng.normal(0, 1, 1000))
+    assert rule.stalled(flat)
+    # a descent of 0.5 nats per 100 steps under noise of sd 1: seen over 250-step windows
+    falling = list(10 - 0.005 * np.arange(1000) + rng.normal(0, 1, 1000))
+    assert not rule.stalled(falling)
+    assert "fell by" in rule.describe(falling)
+    assert not rule.stalled(flat[:150])  # too short to judge
+
+
+def test_a_larger_step_size_must_be_clearly_better():
+    assert pick_pilot([(1e-3, 5.0, 0.1), (1e-2, 4.9, 0.1), (3e-2, 4.95, 0.1)]) == 0
+    assert pick_pilot([(1e-3, 5.0, 0.1), (1e-2, 4.0, 0.1), (3e-2, 4.1, 0.1)]) == 1
+    assert pick_pilot([(1e-3, math.inf, math.inf), (1e-2, 4.0, 0.1)]) == 1
+    with pytest.raises(FloatingPointError):
+        pick_pilot([(1e-3, math.inf, math.inf)])
+
+
+def _report(khat: float, gap: float = 0.0) -> FreeEnergyReport:
+    return FreeEnergyReport(1.0, 0.01, -1.0 + gap, gap, khat, 1000.0, 4000)
+
+
+def test_the_verdict_combines_khat_convergence_and_the_gap():
+    def result(khat, converged, gap=0.0):
+        return FitResult(None, np.zeros(3), 1.0, _report(khat, gap), converged=converged)
+
+    assert result(0.3, True).verdict == "good"
+    assert result(0.3, False).verdict == "not converged"
+    assert result(0.6, False).verdict == "not converged"
+    assert result(0.9, False).verdict == "unreliable"
+    assert result(0.6, True).verdict == "ok"
+    assert result(0.3, True, gap=0.5).verdict == "ok"  # a suspected missed mode or tail
+    assert result(0.3, None).verdict == "good"  # too short to judge: k-hat alone
+
+
+def gaussian_model():
+    pyro.sample("z", dist.Normal(torch.tensor([3.0, -1.0]), torch.tensor([0.5, 2.0])).to_event(1))
+
+
+def test_fit_stops_by_itself_and_says_why():
+    guide = pyroflows.AutoIAF(gaussian_model, init="median")
+    result = pyroflows.fit(gaussian_model, guide, progress=False)
+    assert result.converged and result.settings["steps"] == "auto"
+    assert result.settings["schedule"]["decay_start"] is not None
+    assert result.steps < result.settings["max_steps"]
+    assert result.settings["lr"] in (3e-3, 1e-2, 3e-2)
+    assert len(result.settings["pilot"]) == 3
+    assert "stopped improving" in result.convergence
+    assert result.verdict == "good"
+    assert abs(result.report.free_energy) < 0.02  # log Z = 0: the exact family
+
+
+def test_a_fit_stopped_while_improving_is_not_called_good():
+    """From init_loc_fn far away (and without a pilot), 300 steps of 1e-3 are not enough."""
+
+    def far():
+        pyro.sample("z", dist.Normal(torch.full((3,), 50.0), 1.0).to_event(1))
+
+    guide = pyroflows.AutoIAF(far, init="median")
+    result = pyroflows.fit(far, guide, steps=300, lr=1e-3, lr_decay=1.0, progress=False)
+    assert result.converged is False
+    assert result.verdict in ("not converged", "unreliable")  # never "good" or "ok"
+    assert "still improving" in result.convergence and "convergence:" in str(result)
+    capped = pyroflows.fit(far, pyroflows.AutoIAF(far, init="median"), lr=1e-3,
+                           max_steps=600, progress=False)
+    assert capped.converged is False and "max_steps reached" in capped.convergence

@@ -1,0 +1,122 @@
+"""Where a guide starts: the Laplace start is exact on a Gaussian posterior, its fallbacks name
+their reason, the candidate starts are chosen by ELBO, and the global random state is left
+alone."""
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+import pyroflows
+from pyroflows.guides import start as start_module
+from pyroflows.models import banana, linear_regression
+
+
+def test_laplace_start_is_the_posterior_of_a_gaussian_model():
+    """Conjugate regression: the posterior is N(m, S) in closed form, so the Laplace start is
+    exact and the first draws, before any training, already have the posterior's mean and
+    covariance (20000 draws: Monte Carlo error of a covariance entry ≈ 0.01 of the sd product,
+    of the mean ≈ 0.007 sd)."""
+    problem = linear_regression(dim=5, dtype=torch.float64)
+    for name in ("iaf", "nsf", "realnvp"):
+        pyro.clear_param_store()
+        guide = pyroflows.make_guide(name, problem.model)
+        draws = guide.sample_unconstrained(20000, *problem.args)
+        assert guide.start.method == "laplace"
+        sd = problem.posterior_cov.diagonal().sqrt()
+        mean_error = (draws.mean(0) - problem.posterior_mean) / sd
+        assert mean_error.abs().max() < 0.04, name
+        correlation_error = (torch.cov(draws.T) - problem.posterior_cov) / torch.outer(sd, sd)
+        assert correlation_error.abs().max() < 0.05, name
+        report = pyroflows.free_energy_report(problem.model, guide, *problem.args)
+        assert abs(problem.log_evidence + report.free_energy) < 0.01  # KL of the start
+
+
+def test_the_report_says_which_start_was_used():
+    problem = linear_regression(dim=3)
+    guide = pyroflows.AutoIAF(problem.model)
+    result = pyroflows.fit(problem.model, guide, *problem.args, steps=20, report_samples=100)
+    assert "laplace" in result.settings["guide"]["start"]
+    assert "start: laplace" in str(result)
+    assert pyroflows.AutoIAF(problem.model, init="median").settings()["init"] == "median"
+    with pytest.raises(ValueError, match="init must be 'laplace'"):
+        pyroflows.AutoIAF(problem.model, init="map")
+
+
+def test_a_poor_laplace_start_loses_to_a_narrower_one_by_elbo():
+    """The banana's Laplace approximation is far too wide along its curve (KL ≈ 20 nats); a
+    shrunk one or the init_loc_fn start has a higher ELBO, and the guide starts there."""
+    problem = banana()
+    guide = pyroflows.AutoIAF(problem.model)
+    guide()
+    assert guide.start.method != "laplace"
+    elbos = {k: v for k, v in guide.start.details.items() if k.startswith("elbo_")}
+    assert elbos["elbo_laplace"] < elbos[f"elbo_{guide.start.method}"] - 5
+    assert "the best ELBO of the candidate starts" in guide.start.reason
+
+
+def test_subsampled_plates_fall_back_to_init_loc_fn_with_the_reason():
+    data = torch.randn(100)
+
+    def model(data):
+        loc = pyro.sample("loc", dist.Normal(0.0, 3.0))
+        with pyro.plate("data", len(data), subsample_size=10) as index:
+            pyro.sample("obs", dist.Normal(loc, 1.0), obs=data[index])
+
+    guide = pyroflows.AutoIAF(model)
+    guide(data)
+    assert guide.start.method == "init_loc_fn"
+    assert "plate 'data' subsamples the data" in guide.start.reason
+
+
+def test_a_singular_hessian_falls_back_with_the_reason():
+    """log p(x) = -x⁴: the mode is at 0, where the curvature vanishes. L-BFGS stops near 0,
+    where the curvature 12x² is zero or tiny: either the curvature is refused, or the Laplace
+    candidate (a Gaussian wider than the posterior by orders of magnitude) loses by ELBO."""
+
+    def model():
+        x = pyro.sample("x", dist.Normal(0.0, 1.0))
+        pyro.factor("quartic", 0.5 * x**2 - x**4)
+
+    guide = pyroflows.AutoIAF(model)
+    guide()
+    assert guide.start.method == "init_loc_fn"
+    elbos = guide.start.details
+    assert "not positive" in guide.start.reason or (
+        elbos["elbo_laplace"] < elbos["elbo_init_loc_fn"] - 100
+    )
+
+
+def test_a_failed_map_search_falls_back_with_the_reason():
+    """A log density that grows without bound: L-BFGS runs off to infinity."""
+
+    def model():
+        x = pyro.sample("x", dist.Normal(0.0, 1.0))
+        pyro.factor("unbounded", torch.exp(2.0 * x))
+
+    guide = pyroflows.AutoIAF(model)
+    guide()
+    assert guide.start.method == "init_loc_fn"
+    assert "MAP search failed" in guide.start.reason or "not positive" in guide.start.reason
+
+
+def test_above_the_threshold_the_hessian_diagonal_is_used(monkeypatch):
+    monkeypatch.setattr(pyroflows.guides.base, "FULL_HESSIAN_MAX_DIM", 2)
+    problem = linear_regression(dim=4, correlation=0.0)
+    guide = pyroflows.AutoIAF(problem.model)
+    guide(*problem.args)
+    assert guide.start.method.startswith("laplace-diagonal")
+    assert "full_hessian_max_dim = 2" in guide.start.reason
+    # Hutchinson's estimate of the diagonal is close to the exact curvature here
+    exact = torch.linalg.inv(problem.posterior_cov).diagonal().rsqrt().float()
+    assert torch.allclose(guide.start.scale, exact, rtol=0.1)
+
+
+def test_the_laplace_start_leaves_the_global_random_state_alone():
+    problem = linear_regression(dim=3)
+    guide = pyroflows.AutoIAF(problem.model)
+    guide._setup_prototype(*problem.args)  # includes the init_loc_fn's own draws
+    before = torch.get_rng_state()
+    init_loc = guide._init_loc()
+    start_module.laplace_start(guide, init_loc, torch.full_like(init_loc, 0.1), problem.args, {})
+    assert torch.equal(torch.get_rng_state(), before)
