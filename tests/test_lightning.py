@@ -191,7 +191,7 @@ def test_training_resumes_from_a_lightning_checkpoint(tmp_path):
     resumed = SVIModule(regression, guide, lr=0.05)
     _trainer(max_steps=20).fit(resumed, _loader(X, y), ckpt_path=tmp_path / "last.ckpt")
     assert resumed.history[:10] == first.history and len(resumed.history) == 20
-    assert pyro.get_param_store()._params["AutoIAF.flow$$$3.loc"] is guide.flow[-1].loc
+    assert pyro.get_param_store()._params["AutoIAF.flow$$$1.shift"] is guide.flow[-1].shift
 
 
 # ---- errors that name the problem ----------------------------------------------------------------

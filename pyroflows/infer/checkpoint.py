@@ -1,6 +1,8 @@
 """Fit checkpoints: everything needed to continue a :func:`~pyroflows.fit` exactly, on disk.
 
-A checkpoint holds the trained parameters (by param-store name, unconstrained), the optimizer
+A checkpoint holds the trained parameters (by param-store name, unconstrained), the guide's
+buffers (a pyroflows guide's start: a rebuilt guide would recompute it from another random
+state), the optimizer
 state (Pyro's ``PyroOptim.get_state()``, which includes the decayed learning rate), the step
 counter, the free-energy history, the settings of the run and the random states of torch, numpy
 and Python (``pyro.util.get_rng_state``). It is written atomically: to a temporary file in the
@@ -28,6 +30,8 @@ import torch
 __all__ = [
     "CheckpointError",
     "load_checkpoint",
+    "module_buffers",
+    "restore_buffers",
     "restore_parameters",
     "rng_state",
     "save_checkpoint",
@@ -106,6 +110,31 @@ def restore_parameters(values: dict[str, torch.Tensor]) -> None:
             )
         with torch.no_grad():
             target.copy_(value.to(target))
+
+
+def module_buffers(guide) -> dict[str, torch.Tensor]:
+    """The buffers of a guide that is a torch module (a pyroflows guide's start, its
+    orderings): part of its state that is not in Pyro's param store (copies)."""
+    if not isinstance(guide, torch.nn.Module):
+        return {}
+    return {name: value.detach().clone() for name, value in guide.named_buffers()}
+
+
+def restore_buffers(guide, values: dict[str, torch.Tensor]) -> None:
+    """Copies saved buffers into the (set-up) guide in place; a buffer the guide lacks, or of
+    another shape, is a checkpoint of another guide."""
+    if not values:
+        return
+    mine = dict(guide.named_buffers())
+    for name, value in values.items():
+        if name not in mine or mine[name].shape != value.shape:
+            raise CheckpointError(
+                f"the checkpoint holds the buffer {name!r} {tuple(value.shape)} that this guide "
+                "does not have (or not in that shape): resume with the guide class, settings "
+                "and model of the checkpointed run."
+            )
+        with torch.no_grad():
+            mine[name].copy_(value.to(mine[name]))
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:

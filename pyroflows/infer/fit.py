@@ -369,7 +369,7 @@ def fit(
         max_steps = previous["max_steps"]
         schedule_state = dict(previous["schedule"])
         if steps is None:
-            steps = "auto" if schedule_state["auto"] else schedule_state["steps"]
+            steps = previous["steps"]
         if elbo is None and previous["elbo"] != "Trace_ELBO":
             raise ValueError(
                 f"the resumed run used a custom {previous['elbo']}: pass it again as elbo="
@@ -491,8 +491,8 @@ def fit(
     run_steps = schedule.total(max_steps) if auto_steps else steps
     if len(done) >= run_steps:
         raise ValueError(
-            f"the resumed run has already done {len(done)} of its {run_steps} steps: pass a "
-            "larger steps to continue"
+            f"the resumed run has already done {len(done)} of steps={run_steps}: pass a larger "
+            "steps to continue"
         )
     rule = StoppingRule(min_steps=max(StoppingRule.min_steps, anneal_steps + 200))
     settings = {
@@ -511,14 +511,14 @@ def fit(
         "guide_class": type(guide).__name__,
         "guide": guide.settings() if hasattr(guide, "settings") else type(guide).__name__,
     }
-    optim = ClippedAdam({"lr": lr, "lrd": 1.0, "clip_norm": clip_norm})
+    history: list[float] = list(done) if done else list(pilot_history)
+    first_step = len(history) + 1
+    optim = ClippedAdam({"lr": schedule.lr_at(first_step), "lrd": 1.0, "clip_norm": clip_norm})
     if optimizer_state is not None:
         optim.set_state(optimizer_state)
     if checkpoint_state is not None:
         _restore_from_checkpoint(checkpoint_state, elbo, training_model, guide, args, kwargs)
-    history: list[float] = list(done) if done else list(pilot_history)
     param_names: list[str] = list(checkpoint_state["params"]) if checkpoint_state else []
-    first_step = len(history) + 1
     bar = tqdm(
         total=run_steps, initial=len(history), disable=not progress, desc=type(guide).__name__,
         leave=False,
@@ -546,6 +546,7 @@ def fit(
                 "history": [float(f) for f in history],
                 "wall_time": wall_before + time.perf_counter() - start,
                 "params": _checkpoint.parameter_values(param_names),
+                "buffers": _checkpoint.module_buffers(guide),
                 "optimizer": optim.get_state(),
                 "rng": _checkpoint.rng_state(),
             },
@@ -602,7 +603,6 @@ def fit(
                 _raise_if_data_is_not_finite(step == first_step, args, kwargs, None)
                 write_checkpoint()
                 raise NonFiniteLossError(step, loss, problem, partial_result())
-            _set_learning_rate(optim, schedule.lr_at(step))
             optim(params)
             zero_grads(params)
             history.append(loss)
@@ -616,6 +616,9 @@ def fit(
                 schedule.start_decay(step, max_steps)
                 run_steps = schedule.total(max_steps)
                 bar.total = run_steps
+            # the next step's rate, set now: it is then part of the optimizer's saved state,
+            # and a resumed run's optimizers (re-created from that state) start with it
+            _set_learning_rate(optim, schedule.lr_at(step + 1))
             if checkpoint is not None and step % checkpoint_every == 0:
                 write_checkpoint()
             if stop.requested or stop.now:
@@ -758,4 +761,5 @@ def _restore_from_checkpoint(state, elbo, model, guide, args, kwargs) -> None:
         # creates every param the loss touches (the guide's and the model's) in the store
         elbo.loss(model, guide, *args, **kwargs)
     _checkpoint.restore_parameters(state["params"])
+    _checkpoint.restore_buffers(guide, state.get("buffers", {}))
     _checkpoint.set_rng_state(state["rng"])
