@@ -21,6 +21,10 @@ from pyroflows.transforms.registry import available_flows, flow_family
 __all__ = ["describe_flows", "main", "run_demo"]
 
 
+def _steps(text: str) -> int | str:
+    return text if text == "auto" else int(text)
+
+
 def describe_flows() -> str:
     """One line per registered flow family: name, guide or not, costs, inverse, paper."""
     lines = []
@@ -43,14 +47,15 @@ def _make(name: str, model):
 def run_demo(
     model_name: str = "banana",
     guide_names: Sequence[str] = ("iaf", "diagonal"),
-    steps: int = 1500,
+    steps: int | str = "auto",
     seed: int = 0,
     report_samples: int = 4000,
     progress: bool = True,
 ) -> str:
     """Fits each guide on a built-in model with known log Z and returns the report table."""
     problem = builtin_models()[model_name]()
-    reports, extra = {}, {"exact KL(q‖p) = log Z + F": {}, "fit time": {}}
+    reports: dict = {}
+    extra: dict = {"exact KL(q‖p) = log Z + F": {}, "verdict": {}, "steps": {}, "fit time": {}}
     for guide_name in guide_names:
         pyro.clear_param_store()
         pyro.set_rng_seed(seed)
@@ -68,12 +73,14 @@ def run_demo(
         reports[label] = result.report
         kl = problem.log_evidence + result.report.free_energy
         extra["exact KL(q‖p) = log Z + F"][label] = f"{kl:.3f}"
+        extra["verdict"][label] = result.verdict
+        extra["steps"][label] = str(result.steps)
         extra["fit time"][label] = (
             f"{time.perf_counter() - start:.1f} s ({result.ms_per_step:.1f} ms/step)"
         )
     header = (
         f"model: {problem.description}\n"
-        f"log Z = {problem.log_evidence:.3f} (exact); {steps} steps per guide, "
+        f"log Z = {problem.log_evidence:.3f} (exact); steps per guide: {steps}, "
         f"report from {report_samples} fresh draws\n"
     )
     return header + format_reports(reports, extra)
@@ -92,7 +99,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=["iaf", "diagonal"],
         help=f"registered guides {available_guides()} or 'diagonal' (Pyro's AutoDiagonalNormal)",
     )
-    demo.add_argument("--steps", type=int, default=1500)
+    demo.add_argument(
+        "--steps", type=_steps, default="auto", help='steps per guide, or "auto" (fit decides)'
+    )
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--no-progress", action="store_true")
     commands.add_parser("flows", help="list the registered flow families")
