@@ -297,7 +297,7 @@ def fit(
       from the winning pilot's state; pyroflows guides learn in the whitened coordinates of
       their start, so this grid fits posteriors of any scale;
     * ``steps="auto"``: runs until the free energy stops improving by more than its Monte Carlo
-      error (checked every 100 steps, twice in a row, after at least 500), then decays the
+      error (checked every 100 steps, twice in a row, after at least 1000), then decays the
       learning rate geometrically to ``lr · lr_decay`` (``lr_decay=0.1``) over ``max(200,
       20%)`` more steps; ``max_steps=20000`` caps it, and a fit the cap stopped while still
       improving is reported as not converged. With ``steps=N`` the rate decays from ``lr`` to

@@ -101,7 +101,7 @@ class StoppingRule:
 
     window: int = 100
     patience: int = 2
-    min_steps: int = 500
+    min_steps: int = 1000
 
     def width(self, history) -> int:
         """The windows compared: a quarter of the history, at least ``window`` steps. Growing
