@@ -40,8 +40,8 @@ from pyro.distributions.util import scale_and_mask
 from pyro.infer.autoguide import AutoGuide
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.trace_struct import Trace
-from pyro.poutine.util import site_is_subsample
 
+from pyroflows._pyro_internals import is_subsample_site as site_is_subsample
 from pyroflows._validation import NonFiniteDataError, describe_nonfinite_arguments
 
 __all__ = [

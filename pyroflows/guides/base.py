@@ -23,9 +23,15 @@ from pyro import poutine
 from pyro.distributions.torch_transform import ComposeTransformModule, TransformModule
 from pyro.infer.autoguide import AutoContinuous
 from pyro.infer.autoguide.initialization import init_to_median
-from pyro.params import param_with_module_name
 from torch.distributions import biject_to
 
+from pyroflows._pyro_internals import init_loc as init_loc_of
+from pyroflows._pyro_internals import (
+    param_name,
+    prototype_hide_fn,
+    pyro_name,
+    unpack_latent,
+)
 from pyroflows.distributions import FlowDistribution
 from pyroflows.guides.start import (
     FULL_HESSIAN_MAX_DIM,
@@ -168,7 +174,7 @@ class AutoFlowGuide(AutoContinuous):
             self._check_latent_sites()
             raise
         self._check_latent_sites()
-        init_loc = self._init_loc()
+        init_loc = init_loc_of(self)
         layers = list(self.build_flow_layers(self.latent_dim))
         # the flow layers start at x ≈ c·u: the affine stage divides its start's scale by c
         initial_scale = math.prod(float(getattr(layer, "initial_scale", 1.0)) for layer in layers)
@@ -241,9 +247,10 @@ class AutoFlowGuide(AutoContinuous):
         samples from its own, and training would silently do nothing.
         """
         store = pyro.get_param_store()
-        prefix = f"{self._pyro_name}.flow" if self._pyro_name else "flow"
+        name = pyro_name(self)
+        prefix = f"{name}.flow" if name else "flow"
         for name, value in self.flow.named_parameters():
-            full_name = param_with_module_name(prefix, name)
+            full_name = param_name(prefix, name)
             if full_name in store and store[full_name].shape != value.shape:
                 raise ValueError(
                     f"the param store already holds '{full_name}' with shape "
@@ -261,7 +268,7 @@ class AutoFlowGuide(AutoContinuous):
         try:
             with torch.no_grad(), poutine.block():
                 trace = poutine.trace(
-                    poutine.block(self._model_without_init[0], self._prototype_hide_fn)
+                    poutine.block(self._model_without_init[0], prototype_hide_fn(self))
                 ).get_trace(*args, **kwargs)
         except Exception:
             return []
@@ -371,7 +378,7 @@ class AutoFlowGuide(AutoContinuous):
         rows = _sorted_quantiles(latent, probs)
         result: dict[str, list[torch.Tensor]] = {}
         for row in rows:
-            for site, unconstrained in self._unpack_latent(row):
+            for site, unconstrained in unpack_latent(self, row):
                 value = biject_to(site["fn"].support)(unconstrained)
                 result.setdefault(site["name"], []).append(value)
         return {name: torch.stack(values) for name, values in result.items()}

@@ -27,6 +27,8 @@ from pyro import poutine
 from pyro.util import get_rng_state, set_rng_state
 from torch.distributions import biject_to
 
+from pyroflows._pyro_internals import unpack_latent
+
 __all__ = ["Start", "laplace_start", "unconstrained_log_joint"]
 
 #: above this many latent dimensions the Laplace start uses the Hessian's diagonal only
@@ -67,7 +69,7 @@ def unconstrained_log_joint(guide, z: torch.Tensor, args: tuple, kwargs: dict) -
     with the guide's packing of the model's latent sites."""
     values = {}
     log_jacobian = z.new_zeros(())
-    for site, unconstrained in guide._unpack_latent(z):
+    for site, unconstrained in unpack_latent(guide, z):
         transform = biject_to(site["fn"].support)
         value = transform(unconstrained)
         log_jacobian = log_jacobian + transform.log_abs_det_jacobian(unconstrained, value).sum()

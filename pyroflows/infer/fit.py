@@ -24,6 +24,7 @@ from pyro.infer.util import zero_grads
 from pyro.optim import ClippedAdam
 from tqdm.auto import tqdm
 
+from pyroflows._pyro_internals import torch_optimizers
 from pyroflows._validation import (
     NonFiniteDataError,
     check_count,
@@ -643,7 +644,7 @@ def fit(
 
 def _set_learning_rate(optim: ClippedAdam, lr: float) -> None:
     """Sets the step size of every parameter's optimizer (new parameters start at the base)."""
-    for torch_optim in optim.optim_objs.values():
+    for torch_optim in torch_optimizers(optim):
         for group in torch_optim.param_groups:
             group["lr"] = lr
 

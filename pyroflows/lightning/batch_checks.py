@@ -32,8 +32,9 @@ import torch
 from pyro import poutine
 from pyro.infer.autoguide import AutoContinuous
 from pyro.poutine.trace_struct import Trace
-from pyro.poutine.util import site_is_subsample
 from pyro.util import get_rng_state, set_rng_state
+
+from pyroflows._pyro_internals import is_subsample_site as site_is_subsample
 
 __all__ = [
     "batch_arguments",

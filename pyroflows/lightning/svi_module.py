@@ -20,10 +20,10 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.infer import ELBO, Trace_ELBO
-from pyro.nn import PyroModule
 from pyro.optim.clipped_adam import ClippedAdam
 from torch import nn
 
+from pyroflows._pyro_internals import give_local_param_state
 from pyroflows.diagnostics.free_energy import FreeEnergyReport, free_energy_report
 from pyroflows.infer.fit import FitResult, NonFiniteLossError, _gradients_are_finite
 from pyroflows.lightning.batch_checks import (
@@ -414,8 +414,4 @@ def _give_local_param_state(module: nn.Module) -> None:
     attribute 'param_state'``); give it the empty one Pyro gives at construction."""
     if not pyro.settings.get("module_local_params"):
         return
-    for submodule in module.modules():
-        if isinstance(submodule, PyroModule):
-            context = submodule._pyro_context
-            if not hasattr(context, "param_state"):
-                context.param_state = {"params": {}, "constraints": {}}
+    give_local_param_state(module)

@@ -1,0 +1,86 @@
+"""Every use of Pyro's private API in pyroflows, in one place, each with a test
+(``tests/test_pyro_internals.py``) so that a Pyro release that changes one fails there, loudly,
+and not as a wrong answer elsewhere.
+
+Pyro 1.9 offers no public way to do these:
+
+* :func:`unpack_latent`: split a packed latent vector into an ``AutoContinuous`` guide's sites
+  (``AutoContinuous._unpack_latent``);
+* :func:`init_loc`, :func:`prototype_hide_fn`, :func:`pyro_name`: an ``AutoContinuous``
+  guide's initial packed latent, the filter its prototype trace uses, and its name in the param
+  store (``_init_loc``, ``_prototype_hide_fn``, ``_pyro_name``);
+* :func:`param_name`: the param-store name of a module's parameter
+  (``pyro.params.param_with_module_name``);
+* :func:`is_subsample_site`: whether a trace site is a plate's subsample site
+  (``pyro.poutine.util.site_is_subsample``);
+* :func:`torch_optimizers`: the per-parameter torch optimizers of a ``PyroOptim``
+  (``PyroOptim.optim_objs``), to set their step size;
+* :func:`give_local_param_state`: the per-module parameter state a ``PyroModule`` gets at
+  construction when ``module_local_params`` is on (``PyroModule._pyro_context.param_state``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+from pyro.nn import PyroModule
+from pyro.optim import PyroOptim
+from pyro.params import param_with_module_name
+from pyro.poutine.util import site_is_subsample
+
+__all__ = [
+    "give_local_param_state",
+    "init_loc",
+    "is_subsample_site",
+    "param_name",
+    "prototype_hide_fn",
+    "pyro_name",
+    "torch_optimizers",
+    "unpack_latent",
+]
+
+
+def unpack_latent(guide, latent: torch.Tensor) -> Iterator[tuple[dict, torch.Tensor]]:
+    """``(site, unconstrained value)`` for each latent site of an ``AutoContinuous`` guide."""
+    return guide._unpack_latent(latent)
+
+
+def init_loc(guide) -> torch.Tensor:
+    """The packed unconstrained latent at the guide's ``init_loc_fn`` values."""
+    return guide._init_loc()
+
+
+def prototype_hide_fn(guide) -> Callable:
+    """The filter an ``AutoGuide`` hides sites with when it traces the model's prototype."""
+    return guide._prototype_hide_fn
+
+
+def pyro_name(guide) -> str:
+    """The guide's name in Pyro's param store (its class name unless set otherwise)."""
+    return guide._pyro_name
+
+
+def param_name(prefix: str, name: str) -> str:
+    """The param-store name of parameter ``name`` of a module registered as ``prefix``."""
+    return param_with_module_name(prefix, name)
+
+
+def is_subsample_site(site: dict) -> bool:
+    """Whether a trace site is the subsample site of a ``pyro.plate``."""
+    return site_is_subsample(site)
+
+
+def torch_optimizers(optim: PyroOptim):
+    """The torch optimizers a ``PyroOptim`` has created, one per parameter."""
+    return optim.optim_objs.values()
+
+
+def give_local_param_state(module: torch.nn.Module) -> None:
+    """With ``module_local_params`` on, gives every ``PyroModule`` in ``module`` that lacks it
+    the empty local parameter state Pyro gives a module built while the setting is on."""
+    for submodule in module.modules():
+        if isinstance(submodule, PyroModule):
+            context = submodule._pyro_context
+            if not hasattr(context, "param_state"):
+                context.param_state = {"params": {}, "constraints": {}}

@@ -1,0 +1,68 @@
+"""One test per use of Pyro's private API (``pyroflows._pyro_internals``): if a Pyro release
+changes one, it fails here."""
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.infer import SVI, Trace_ELBO
+from pyro.infer.autoguide import AutoDiagonalNormal
+from pyro.nn import PyroModule
+from pyro.optim import ClippedAdam
+
+from pyroflows import _pyro_internals as internals
+
+
+def model(data):
+    scale = pyro.sample("scale", dist.LogNormal(0.0, 1.0))
+    loc = pyro.sample("loc", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+    with pyro.plate("data", len(data), subsample_size=3):
+        pyro.sample("obs", dist.Normal(loc.sum(), scale), obs=data[:3])
+
+
+def _guide():
+    guide = AutoDiagonalNormal(model)
+    guide(torch.randn(10))
+    return guide
+
+
+def test_unpack_latent_and_init_loc():
+    guide = _guide()
+    latent = internals.init_loc(guide)
+    assert latent.shape == (3,)
+    sites = [(site["name"], value.shape) for site, value in internals.unpack_latent(guide, latent)]
+    assert sites == [("scale", torch.Size([])), ("loc", torch.Size([2]))]
+
+
+def test_prototype_hide_fn_and_pyro_name():
+    guide = _guide()
+    hide = internals.prototype_hide_fn(guide)
+    trace = pyro.poutine.trace(model).get_trace(torch.randn(10))
+    assert hide(trace.nodes["obs"])  # observed: hidden from the prototype
+    assert not hide(trace.nodes["loc"])
+    assert internals.pyro_name(guide) == "AutoDiagonalNormal"
+
+
+def test_param_name():
+    assert internals.param_name("AutoIAF.flow", "0.weight") == "AutoIAF.flow$$$0.weight"
+
+
+def test_is_subsample_site():
+    trace = pyro.poutine.trace(model).get_trace(torch.randn(10))
+    assert internals.is_subsample_site(trace.nodes["data"])
+    assert not internals.is_subsample_site(trace.nodes["loc"])
+
+
+def test_torch_optimizers_set_the_step_size():
+    guide = _guide()
+    optim = ClippedAdam({"lr": 0.1})
+    SVI(model, guide, optim, Trace_ELBO()).step(torch.randn(10))
+    optimizers = list(internals.torch_optimizers(optim))
+    assert optimizers and all(isinstance(o, torch.optim.Optimizer) for o in optimizers)
+    assert all(group["lr"] == 0.1 for o in optimizers for group in o.param_groups)
+
+
+def test_give_local_param_state():
+    module = PyroModule()  # built with module_local_params off: no local state
+    assert not hasattr(module._pyro_context, "param_state")
+    internals.give_local_param_state(torch.nn.Sequential(module))
+    assert module._pyro_context.param_state == {"params": {}, "constraints": {}}
