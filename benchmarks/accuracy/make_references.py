@@ -76,7 +76,7 @@ REFERENCE_RUNS: dict[str, tuple[str, tuple[str, ...], dict]] = {
     ),
     "iris_hierarchical.npz": (
         "iris_hierarchical", ("iris_hierarchical",),
-        {"target_accept_prob": 0.95, "full_mass": False},
+        {"target_accept_prob": 0.95, "full_mass": True},
     ),
     "synthetic_logistic.npz": (
         "synthetic_logistic_5", ("synthetic_logistic_5",),
