@@ -106,7 +106,7 @@ def score_run(run: TrainedGuide, eval_samples: int, curve_samples: int, referenc
     curve = []
     for seconds, state in run.snapshots:
         metrics = run.evaluate_state(state, curve_samples, reference, diagnose=False)
-        curve.append((seconds, quality(target, metrics)))
+        curve.append((round(seconds, 3), float(f"{quality(target, metrics):.4g}")))
     record = {
         "target": target.name,
         "guide": run.label,
@@ -168,9 +168,15 @@ def run_unit(name: str, seed: int, options: argparse.Namespace) -> list[dict]:
     torch.set_num_threads(1)
     logging.getLogger("pyro").setLevel(logging.WARNING)
     started = time.perf_counter()
-    target = build_target(name)
-    records = run_target_seed(target, seed, options, Clock(options.clock),
-                              target.reference_moments())
+    try:
+        target = build_target(name)
+        records = run_target_seed(target, seed, options, Clock(options.clock),
+                                  target.reference_moments())
+    except Exception as error:  # one broken unit must not lose the others' hours
+        if options.fail_fast:
+            raise
+        log(f"{name} seed {seed} FAILED: {type(error).__name__}: {error}")
+        return [{"target": name, "seed": seed, "error": f"{type(error).__name__}: {error}"}]
     log(f"{name} seed {seed} done in {time.perf_counter() - started:.0f} s wall")
     return records
 
@@ -278,14 +284,17 @@ def _verdicts(counts: dict[str, int]) -> str:
 def format_tables(rows: list[dict], options: argparse.Namespace) -> str:
     """Table 1: every guide on every target. Table 2: best pyroflows guide vs best peer."""
     lines = [
-        "quality: KL(q||p) in nats where log Z is known, else sd error = max over coordinates "
-        "of max(|mean error|, |log sd ratio|) in reference posterior sds; medians over seeds; "
-        "x best peer: ratio to that seed's best peer (floor 0.01), median [min-max]; "
-        "verdicts: g good, o ok, u unreliable; tq: time to own final within tolerance, "
-        "tq*: time to best final of any guide within tolerance (reached/seeds)",
+        "quality: KL(q||p) in nats where log Z is known (KL se: its Monte Carlo standard error),",
+        "  else sd error = max over coordinates of max(|mean error|, |log sd ratio|), in",
+        "  reference posterior sds; medians over seeds",
+        "x best peer: ratio to that seed's best peer (qualities floored at 0.01), median [min-max]",
+        "verdicts: g good, o ok, u unreliable (count over seeds); time s: CPU seconds of training",
+        "tq: time to within 0.05 nats (0.1 sd) of its own final quality; tq*: time to within",
+        "  that of the best final quality of any contender (reached/seeds)",
         "",
     ]
-    header = (f"{'target':36} {'guide':25} {'quality':>9} {'x best peer':>20} {'IW gap':>8} "
+    header = (f"{'target':36} {'guide':25} {'quality':>9} {'KL se':>7} {'x best peer':>20} "
+              f"{'IW gap':>8} "
               f"{'k-hat':>6} {'verdicts':>9} {'time s':>7} {'tq s':>6} {'tq* s':>11}")
     lines += [header, "-" * len(header)]
     current = None
@@ -299,7 +308,9 @@ def format_tables(rows: list[dict], options: argparse.Namespace) -> str:
         status = "" if row["statuses"] == ["ok"] else " " + ",".join(
             s for s in row["statuses"] if s != "ok")
         lines.append(
-            f"{name:36} {row['guide']:25} {_fmt(row['quality_median']):>9} {ratio:>20} "
+            f"{name:36} {row['guide']:25} {_fmt(row['quality_median']):>9} "
+            f"{_fmt(row['kl_se_median'] if row['truth'] == 'exact log Z' else None, 2):>7} "
+            f"{ratio:>20} "
             f"{_fmt(row['iw_gap_median']):>8} {_fmt(row['khat_median'], 2):>6} "
             f"{_verdicts(row['verdicts']):>9} {_fmt(row['seconds_median'], 3):>7} "
             f"{_fmt(row['tq_median'], 2):>6} "
@@ -339,6 +350,14 @@ def _sanitize(value):
     return value
 
 
+def _json_text(output: dict) -> str:
+    """Indented JSON with one line per run (the runs hold long curves)."""
+    runs = output.pop("runs")
+    text = json.dumps({**output, "runs": "__RUNS__"}, indent=1)
+    lines = ",\n  ".join(json.dumps(run, separators=(",", ":")) for run in runs)
+    return text.replace('"__RUNS__"', "[\n  " + lines + "\n ]") + "\n"
+
+
 def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--set", choices=["heldout", "development", "all"], default="heldout",
@@ -363,6 +382,8 @@ def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
                         help="(target, seed) units run in parallel processes (each 1 thread)")
     parser.add_argument("--quick", action="store_true",
                         help="3 targets, 1 seed, fits capped at 5 s, AutoIAF only")
+    parser.add_argument("--fail-fast", action="store_true",
+                        help="stop at the first failing (target, seed) instead of recording it")
     parser.add_argument("--output", type=Path, default=None)
     options = parser.parse_args(argv)
     if options.quick:
@@ -418,8 +439,13 @@ def main(argv: list[str] | None = None) -> None:
                 records += unit_records
     order = {(name, seed): i for i, (name, seed) in enumerate(units)}
     records.sort(key=lambda r: order[(r["target"], r["seed"])])
+    errors = [r for r in records if "error" in r]
+    records = [r for r in records if "error" not in r]
+    targets = {n: t for n, t in targets.items() if any(r["target"] == n for r in records)}
     rows = summarize(records, targets)
     table = format_tables(rows, options)
+    for error in errors:
+        table += f"\nFAILED {error['target']} seed {error['seed']}: {error['error']}"
     runtime = {"wall_seconds": time.perf_counter() - started_wall,
                "cpu_seconds": _cpu_seconds() - started_cpu, "jobs": options.jobs}
     print(table)
@@ -437,6 +463,7 @@ def main(argv: list[str] | None = None) -> None:
             for n, t in targets.items()
         },
         "skipped": skipped,
+        "errors": errors,
         "environment": {"pyroflows": pyroflows.__version__, "pyroflows_path": pyroflows.__file__,
                         "torch": torch.__version__, "pyro": pyro.__version__,
                         "python": platform.python_version(), "machine": platform.machine(),
@@ -447,7 +474,7 @@ def main(argv: list[str] | None = None) -> None:
         "table": table,
     }
     options.output.parent.mkdir(parents=True, exist_ok=True)
-    options.output.write_text(json.dumps(_sanitize(output), indent=1) + "\n")
+    options.output.write_text(_json_text(_sanitize(output)))
     options.output.with_suffix(".txt").write_text(table + "\n")
     log(f"wrote {options.output}")
 
