@@ -651,8 +651,9 @@ def multinomial_logistic_regression(x: torch.Tensor, y: torch.Tensor | None = No
     coef = pyro.sample(
         "coef", dist.Normal(x.new_zeros(num_classes - 1, num_features), 1.0).to_event(2)
     )
-    # coef (..., K-1, D) * x (N, 1, D) -> (..., N, K-1, D); intercept (..., K-1) broadcasts
-    eta = (coef * x.unsqueeze(-2)).sum(-1) + intercept.unsqueeze(-2)
+    # coef (..., K-1, D) * x (N, 1, D) -> (..., N, K-1, D) -> (..., N, K-1); the intercept,
+    # (K-1,) or, vectorized over draws, (draws, 1, K-1), broadcasts against that as it is
+    eta = (coef * x.unsqueeze(-2)).sum(-1) + intercept
     logits = torch.cat([torch.zeros_like(eta[..., :1]), eta], -1)
     with pyro.plate("data", x.shape[0]):
         pyro.sample("obs", dist.Categorical(logits=logits), obs=y)
