@@ -36,6 +36,7 @@ Usage::
     nice python benchmarks/bench_accuracy.py --set development      # where defaults are tuned
     nice python benchmarks/bench_accuracy.py --quick                # a few minutes
     nice python benchmarks/bench_accuracy.py --targets funnel_10 --guides iaf nsf --seeds 1
+    nice python benchmarks/bench_accuracy.py --targets wine_multinomial --update  # one target
 
 It prints the tables and writes ``benchmarks/results/accuracy_cpu.json`` (``--quick``:
 ``accuracy_cpu_quick.json``) and the same name with ``.txt``.
@@ -350,6 +351,49 @@ def _sanitize(value):
     return value
 
 
+#: options that must agree between a results file and a run that updates it
+UPDATE_MUST_MATCH = ("guides", "peers", "seeds", "max_seconds", "min_seconds", "budget",
+                     "eval_samples", "curve_samples", "snapshot_ratio", "clock")
+
+
+def _restore(value):
+    """Inverse of :func:`_sanitize` for a stored run: None qualities are infinite again."""
+    value = dict(value)
+    if value.get("quality") is None:
+        value["quality"] = math.inf
+    value["curve"] = [(t, math.inf if q is None else q) for t, q in value["curve"]]
+    return value
+
+
+def merge_previous(options: argparse.Namespace, records: list[dict], errors: list[dict],
+                   runtime: dict) -> tuple[list[dict], list[dict], list[dict]]:
+    """``--update``: the runs of ``options.output`` for targets not rerun now, plus this run's.
+
+    Raises:
+        ValueError: the file was written with other settings (:data:`UPDATE_MUST_MATCH`).
+    """
+    previous = json.loads(options.output.read_text())
+    mismatched = {k: (previous["options"].get(k), getattr(options, k))
+                  for k in UPDATE_MUST_MATCH if previous["options"].get(k) != getattr(options, k)}
+    if mismatched:
+        raise ValueError(f"--update: {options.output} was written with other settings "
+                         f"(stored, now): {mismatched}")
+    rerun = set(options.targets)
+    kept = [_restore(r) for r in previous["runs"] if r["target"] not in rerun]
+    kept_errors = [e for e in previous.get("errors", []) if e["target"] not in rerun]
+    order = list(TARGETS)
+    merged = sorted(kept + records, key=lambda r: (order.index(r["target"]), r["seed"]))
+    updates = previous.get("updates", [])
+    if not updates:
+        updates = [{"targets": previous["options"]["targets"], "created": previous["created"],
+                    "runtime": previous.get("runtime")}]
+    updates.append({"targets": options.targets,
+                    "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                    "runtime": runtime})
+    options.targets = list(dict.fromkeys(r["target"] for r in merged))
+    return merged, kept_errors + errors, updates
+
+
 def _json_text(output: dict) -> str:
     """Indented JSON with one line per run (the runs hold long curves)."""
     runs = output.pop("runs")
@@ -385,6 +429,8 @@ def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fail-fast", action="store_true",
                         help="stop at the first failing (target, seed) instead of recording it")
     parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument("--update", action="store_true",
+                        help="replace only the rerun targets' runs in an existing --output")
     options = parser.parse_args(argv)
     if options.quick:
         options.seeds = 1
@@ -441,13 +487,19 @@ def main(argv: list[str] | None = None) -> None:
     records.sort(key=lambda r: order[(r["target"], r["seed"])])
     errors = [r for r in records if "error" in r]
     records = [r for r in records if "error" not in r]
+    runtime = {"wall_seconds": time.perf_counter() - started_wall,
+               "cpu_seconds": _cpu_seconds() - started_cpu, "jobs": options.jobs}
+    updates = []
+    if options.update:
+        records, errors, updates = merge_previous(options, records, errors, runtime)
+        for name in dict.fromkeys(r["target"] for r in records):
+            if name not in targets:
+                targets[name] = build_target(name)
     targets = {n: t for n, t in targets.items() if any(r["target"] == n for r in records)}
     rows = summarize(records, targets)
     table = format_tables(rows, options)
     for error in errors:
         table += f"\nFAILED {error['target']} seed {error['seed']}: {error['error']}"
-    runtime = {"wall_seconds": time.perf_counter() - started_wall,
-               "cpu_seconds": _cpu_seconds() - started_cpu, "jobs": options.jobs}
     print(table)
     print(f"\nruntime: {runtime['wall_seconds']:.0f} s wall, {runtime['cpu_seconds']:.0f} s CPU")
     output = {
@@ -469,6 +521,7 @@ def main(argv: list[str] | None = None) -> None:
                         "python": platform.python_version(), "machine": platform.machine(),
                         "threads": torch.get_num_threads()},
         "runtime": runtime,
+        "updates": updates,
         "summary": rows,
         "runs": records,
         "table": table,
