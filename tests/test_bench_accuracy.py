@@ -17,6 +17,7 @@ if str(BENCHMARKS) not in sys.path:
 
 import bench_accuracy  # noqa: E402
 from accuracy.harness import evaluate_guide, time_to_quality  # noqa: E402
+from accuracy.make_references import DIVERGENCES_ACCEPTED  # noqa: E402
 from accuracy.targets import (  # noqa: E402
     TARGETS,
     build_target,
@@ -46,6 +47,8 @@ def test_reference_files_load_with_the_right_shapes(spec):
         assert values.shape == (count,) and np.isfinite(values).all()
     assert np.isfinite(reference.draws).all() and (reference.sd > 0).all()
     assert reference.rhat.max() < 1.01 and reference.ess.min() >= 400
+    if spec.reference_file not in DIVERGENCES_ACCEPTED:
+        assert sum(reference.metadata["divergences"]) == 0
     assert spec.name in reference.metadata["fingerprints"]
     moments = reference.moments(names)
     assert moments.mean.shape == (len(names),)

@@ -3,8 +3,9 @@
 For every target with reference draws it runs ``--chains`` independent NUTS chains (one after
 another in this process, one torch thread, float64, JIT-compiled potential, dense mass matrix
 for the regressions) with ``--warmup`` adaptation steps and ``--samples`` draws each, checks
-split R-hat < 1.01 and bulk ESS >= 400 for every coordinate (Pyro's ``split_gelman_rubin`` and
-``effective_sample_size``), and writes ``references/<file>.npz`` with
+split R-hat < 1.01 and ESS >= 400 for every coordinate (Pyro's ``split_gelman_rubin`` and
+``effective_sample_size``) and no divergent transition (except where
+:data:`DIVERGENCES_ACCEPTED` says otherwise), and writes ``references/<file>.npz`` with
 
 * ``names``: coordinate names (``"coef[3]"``), in the order of the target's latent sites;
 * ``draws``: ``--keep`` draws in all (evenly thinned from every chain), float32;
@@ -17,8 +18,9 @@ Eight schools: NUTS runs on the non-centered model (the centered one has diverge
 file holds ``mu``, ``tau``, ``eta[j]`` and ``theta[j] = mu + tau eta[j]``, the same posterior in
 both parametrizations.
 
-Runtime (2 shared CPU cores, ``nice``, defaults): about 15 minutes for all six files; see each
-file's ``metadata["seconds"]``.
+Runtime (2 shared CPU cores under load, ``nice``, defaults): 19 minutes of wall time for all six
+files (eight schools 125 s, synthetic logistic 56 s, diabetes 406 s, wine 130 s, breast cancer
+106 s, iris 256 s); each file's ``metadata["seconds"]`` has its own.
 
 Usage::
 
@@ -97,6 +99,11 @@ def _eight_schools_theta(samples: dict[str, torch.Tensor]) -> dict[str, torch.Te
 DERIVED: dict[str, tuple[Callable, tuple]] = {
     "eight_schools.npz": (_eight_schools_theta, (("theta", (8,)),)),
 }
+#: files whose NUTS runs have divergent transitions that are accepted (and recorded): iris'
+#: centered model diverges in about 2.4 % of transitions (31, 30, 19, 15 of 1000 per chain) at
+#: target acceptance 0.95; 0.99 made one chain stick (R-hat 1.16), and non-centering the slopes
+#: still left 21 divergences at ten times the cost. R-hat <= 1.003 and ESS >= 1456 hold.
+DIVERGENCES_ACCEPTED = {"iris_hierarchical.npz"}
 
 
 def run_chains(
@@ -162,6 +169,12 @@ def make_reference(file_name: str, options: argparse.Namespace) -> dict:
     }
     failed = [n for n, r, e in zip(names, rhat, ess, strict=True)
               if not (r < RHAT_MAX and e >= ESS_MIN)]
+    if sum(divergences) and not (options.allow_divergences or file_name in
+                                 DIVERGENCES_ACCEPTED):
+        raise RuntimeError(
+            f"{file_name}: {divergences} divergent transitions per chain: the draws may be "
+            f"biased; reparametrize the model or pass --allow-divergences"
+        )
     if failed:
         raise RuntimeError(
             f"{file_name}: NUTS did not converge (R-hat >= {RHAT_MAX} or ESS < {ESS_MIN}) for "
@@ -188,9 +201,9 @@ def make_reference(file_name: str, options: argparse.Namespace) -> dict:
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": "benchmarks/accuracy/make_references.py",
     }
-    REFERENCE_DIR.mkdir(parents=True, exist_ok=True)
+    options.output_dir.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(
-        REFERENCE_DIR / file_name,
+        options.output_dir / file_name,
         names=np.asarray(names),
         draws=thinned,
         mean=everything.mean(0),
@@ -210,6 +223,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=1000, help="draws per chain")
     parser.add_argument("--keep", type=int, default=1000, help="thinned draws written, in all")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output-dir", type=Path, default=REFERENCE_DIR)
+    parser.add_argument("--allow-divergences", action="store_true")
     options = parser.parse_args()
 
     torch.set_num_threads(1)
