@@ -219,6 +219,11 @@ def summarize(records: list[dict], targets: dict[str, Target]) -> list[dict]:
             verdicts: dict[str, int] = {}
             for f in finals:
                 verdicts[f.get("verdict", "n/a")] = verdicts.get(f.get("verdict", "n/a"), 0) + 1
+            fit_verdicts: dict[str, int] = {}
+            for r in mine:
+                verdict = r["extra"].get("fit_verdict")
+                if verdict is not None:
+                    fit_verdicts[verdict] = fit_verdicts.get(verdict, 0) + 1
             rows.append({
                 "target": name,
                 "development": targets[name].development,
@@ -240,6 +245,7 @@ def summarize(records: list[dict], targets: dict[str, Target]) -> list[dict]:
                 "iw_gap_median": _median([f.get("iw_gap") for f in finals]),
                 "khat_median": _median([f.get("khat") for f in finals]),
                 "verdicts": verdicts,
+                "fit_verdicts": fit_verdicts,
                 "seconds_median": _median([r["seconds"] for r in mine]),
                 "tq_median": _median([r["tq"] for r in mine]),
                 "tq_best_median": _median([r["tq_best"] for r in mine]),
@@ -289,7 +295,9 @@ def format_tables(rows: list[dict], options: argparse.Namespace) -> str:
         "  else sd error = max over coordinates of max(|mean error|, |log sd ratio|), in",
         "  reference posterior sds; medians over seeds",
         "x best peer: ratio to that seed's best peer (qualities floored at 0.01), median [min-max]",
-        "verdicts: g good, o ok, u unreliable (count over seeds); time s: CPU seconds of training",
+        "verdicts: g good, o ok, u unreliable (count over seeds), PSIS k-hat of pyroflows.diagnose",
+        "  on the benchmark's draws; fit verdict: FitResult.verdict, where fit gives one",
+        "time s: CPU seconds of training",
         "tq: time to within 0.05 nats (0.1 sd) of its own final quality; tq*: time to within",
         "  that of the best final quality of any contender (reached/seeds)",
         "",
@@ -320,7 +328,7 @@ def format_tables(rows: list[dict], options: argparse.Namespace) -> str:
         )
     lines += ["", "best pyroflows guide vs best peer (per target, medians over seeds)", ""]
     header = (f"{'target':26} {'best peer':25} {'quality':>9} {'best pyroflows':15} "
-              f"{'quality':>9} {'ratio [min-max]':>20} {'tq* ratio':>9}  verdict")
+              f"{'quality':>9} {'ratio [min-max]':>20} {'tq* ratio':>9}  verdict  fit verdict")
     lines += [header, "-" * len(header)]
     for target in dict.fromkeys(r["target"] for r in rows):
         group = [r for r in rows if r["target"] == target]
@@ -335,7 +343,7 @@ def format_tables(rows: list[dict], options: argparse.Namespace) -> str:
             f"{target:26} {best_peer['guide']:25} {_fmt(best_peer['quality_median']):>9} "
             f"{best_ours['guide']:15} {_fmt(best_ours['quality_median']):>9} {ratio:>20} "
             f"{_ratio(best_ours['tq_ratio_to_best_peer_median']):>9}  "
-            f"{_verdicts(best_ours['verdicts'])}"
+            f"{_verdicts(best_ours['verdicts']):7}  {_verdicts(best_ours['fit_verdicts']) or '-'}"
         )
     return "\n".join(lines)
 

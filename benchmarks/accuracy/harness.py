@@ -423,6 +423,8 @@ def train_pyroflows(
         steps = result.steps
         extra["fit_wall_time"] = result.wall_time
         extra["fit_settings"] = _jsonable(getattr(result, "settings", {}))
+        if isinstance(getattr(result, "verdict", None), str):  # fit's own combined verdict
+            extra["fit_verdict"] = result.verdict
         report = getattr(result, "report", None)
         if report is not None:
             extra["fit_report"] = _jsonable(
@@ -523,7 +525,10 @@ def evaluate_guide(
                                                                            log_sd_error)))]
     if diagnose:
         try:
-            diagnosis = pyroflows_diagnose(guide, target.model, *target.args, draws=draws)
+            # diagnose(guide, model, ...) until issue 10, diagnose(model, guide, ...) after it
+            first = next(iter(inspect.signature(pyroflows_diagnose).parameters))
+            pair = (target.model, guide) if first == "model" else (guide, target.model)
+            diagnosis = pyroflows_diagnose(*pair, *target.args, draws=draws)
             metrics["khat"] = float(diagnosis.khat)
             metrics["verdict"] = str(diagnosis.verdict)
             metrics["ess"] = float(diagnosis.ess)
