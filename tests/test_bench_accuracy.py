@@ -116,12 +116,14 @@ def test_one_short_run_on_a_tiny_target_gives_every_metric():
         assert "error" not in final, final
         assert math.isfinite(final["kl"]) and final["kl"] > -4 * final["elbo_se"]
         assert final["iw_gap"] >= 0 and final["verdict"] in {"good", "ok", "unreliable"}
-        assert math.isfinite(record["quality"]) and record["seconds"] >= 1.0
+        assert math.isfinite(record["quality"])
         times = [t for t, _ in record["curve"]]
         assert len(times) >= 3 and times == sorted(times)
         assert record["tq"] is not None and record["tq"] <= times[-1]
-    assert records[0]["status"] == "capped"  # fit's 2000 default steps take more than 1 s
-    assert records[1]["budget"] == pytest.approx(records[0]["seconds"], rel=0.05)
+    assert records[0]["status"] in {"ok", "capped"}  # capped if fit's defaults need over 1 s
+    assert records[0]["seconds"] < 1.5
+    # the peer's time: the pyroflows guide's, at least --min-seconds, at most --max-seconds
+    assert records[1]["budget"] == pytest.approx(1.0, rel=0.05)
     rows = bench_accuracy.summarize(records, {"banana_2": build_target("banana_2")})
     table = bench_accuracy.format_tables(rows, options)
     assert "banana_2" in table and "AutoIAF" in table
