@@ -19,6 +19,7 @@ transformer (or conditioner) class and one :func:`register_flow` call:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -338,13 +339,15 @@ register_flow(
 )
 def _build_naf(
     dim, context_dim, num_transforms, *, transformer="dsf", hidden_units=8, depth=2,
-    max_log_slope=7.0, **options,
+    max_log_slope=7.0, max_offset=math.inf, max_logit=math.inf, **options,
 ):
-    SigmoidalTransformer(transformer, hidden_units, depth, max_log_slope)  # validates
-    return autoregressive_stack(
-        dim, context_dim, num_transforms,
-        lambda: SigmoidalTransformer(transformer, hidden_units, depth, max_log_slope), **options,
-    )
+    def make():
+        return SigmoidalTransformer(
+            transformer, hidden_units, depth, max_log_slope, max_offset, max_logit
+        )
+
+    make()  # validates
+    return autoregressive_stack(dim, context_dim, num_transforms, make, **options)
 
 
 @register_flow(

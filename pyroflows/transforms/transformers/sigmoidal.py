@@ -22,6 +22,11 @@ __all__ = ["SigmoidalTransformer", "sigmoidal_stage_dims"]
 _SOFTPLUS_ONE = math.log(math.e - 1.0)  # softplus(_SOFTPLUS_ONE) = 1
 
 
+def _soft_bound(x: torch.Tensor, bound: float) -> torch.Tensor:
+    """``bound · tanh(x / bound)``: the identity near 0, smoothly kept in ``(-bound, bound)``."""
+    return x if math.isinf(bound) else bound * torch.tanh(x / bound)
+
+
 def _log_softplus(x: torch.Tensor) -> torch.Tensor:
     """``log softplus(x)`` without underflow for very negative ``x`` (where it tends to x)."""
     return torch.where(x < -20.0, x, torch.log(F.softplus(x).clamp_min(1e-30)))
@@ -86,6 +91,8 @@ class SigmoidalTransformer(Transformer):
         hidden_units: int = 8,
         depth: int = 2,
         max_log_slope: float = 7.0,
+        max_offset: float = math.inf,
+        max_logit: float = math.inf,
     ):
         if kind not in ("dsf", "ddsf"):
             raise ValueError(f"transformer must be 'dsf' or 'ddsf', got {kind!r}")
@@ -112,6 +119,8 @@ class SigmoidalTransformer(Transformer):
         self.hidden_units = hidden_units
         self.depth = depth if kind == "ddsf" else 1
         self.max_log_slope = float(max_log_slope)
+        self.max_offset = float(max_offset)
+        self.max_logit = float(max_logit)
         self._stages = stages
         with torch.no_grad():
             _, log_slope = self(torch.zeros(1, 1), torch.zeros(1, self.num_params, 1))
@@ -130,16 +139,22 @@ class SigmoidalTransformer(Transformer):
         for stage in self._stages:
             m, d_in, s = stage.m, stage.d_in, stage.start
             log_a = bound * torch.tanh(params[..., s : s + m, :] / bound)  # (..., m, D)
-            b = params[..., s + m : s + 2 * m, :]
+            b = _soft_bound(params[..., s + m : s + 2 * m, :], self.max_offset)
             w_start = s + 2 * m + stage.mixing_size
             log_w = F.log_softmax(
-                params[..., w_start : s + stage.size, :].unflatten(-2, (stage.d_out, m)), dim=-2
+                _soft_bound(
+                    params[..., w_start : s + stage.size, :], self.max_logit
+                ).unflatten(-2, (stage.d_out, m)),
+                dim=-2,
             )  # (..., d_out, m, D)
             if d_in == 1:  # U = 1: the scalar input feeds every unit
                 mixed, log_mixed_jac = h, log_jac  # (..., 1, D), broadcast over the m units
             else:
                 log_u = F.log_softmax(
-                    params[..., s + 2 * m : w_start, :].unflatten(-2, (m, d_in)), dim=-2
+                    _soft_bound(params[..., s + 2 * m : w_start, :], self.max_logit).unflatten(
+                        -2, (m, d_in)
+                    ),
+                    dim=-2,
                 )  # (..., m, d_in, D)
                 mixed = (log_u.exp() * h.unsqueeze(-3)).sum(-2)  # U h, (..., m, D)
                 log_mixed_jac = (
