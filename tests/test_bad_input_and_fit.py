@@ -188,3 +188,35 @@ def test_a_guide_too_large_for_its_dimension_warns_with_its_size(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error", LargeGuideWarning)
         AutoNAF(model, init="median")()
+
+
+def test_a_transient_non_finite_step_is_retried_at_a_smaller_learning_rate():
+    """One poisoned model run (an overshooting draw) costs a retry at lr / 3, not the fit; the
+    history holds only finite steps and the settings say what happened."""
+    from pyroflows.infer.fit import NONFINITE_BACKOFF_FACTOR
+
+    state = {"calls": 0, "poisoned": -1}
+
+    def model():
+        x = pyro.sample("x", dist.Normal(0.0, 1.0))
+        state["calls"] += 1
+        if state["calls"] == state["poisoned"]:
+            pyro.factor("poison", x * float("nan"))
+
+    guide = AutoIAF(model)
+    settings = {"lr": 0.01, "progress": False, "report_samples": None}
+    fit(model, guide, steps=1, **settings)  # the guide's own set-up runs happen once, here
+    counts = []
+    for steps in (2, 3):  # the model runs of a fit's set-up, and of one step
+        state["calls"] = 0
+        assert "lr_backoffs" not in fit(model, guide, steps=steps, **settings).settings
+        counts.append(state["calls"])
+    per_step = counts[1] - counts[0]
+    state["calls"], state["poisoned"] = 0, counts[0] + 1  # the first run of step 3
+    result = fit(model, guide, steps=6, **settings)
+    backoffs = result.settings["lr_backoffs"]
+    assert len(backoffs) == 1 and backoffs[0]["step"] == 3, (per_step, backoffs)
+    assert "nan" in backoffs[0]["problem"].lower()
+    assert backoffs[0]["lr"] == pytest.approx(0.01 / NONFINITE_BACKOFF_FACTOR)
+    assert len(result.free_energy) == 6
+    assert all(math.isfinite(f) for f in result.free_energy)

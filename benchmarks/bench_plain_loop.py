@@ -1,0 +1,211 @@
+"""Benchmark: the README's "swap one line" promise in the user's own loop.
+
+Each guide is trained in a plain Pyro SVI loop, exactly as a user who swaps one line would
+(``Adam({"lr": 1e-2})``, ``Trace_ELBO()``, 2000 steps, no ``fit``), on the accuracy benchmark's
+targets, and ends with its free energy F = -ELBO from fresh draws (lower is better). Issue 10's
+goal: every pyroflows guide ends no worse than Pyro's ``AutoNormal``.
+
+A run whose loss turns NaN (or raises) is recorded with the step; its F is ``inf``.
+
+Usage::
+
+    nice python benchmarks/bench_plain_loop.py                       # held out, 2 seeds
+    nice python benchmarks/bench_plain_loop.py --targets funnel_10 --guides normal iaf --seeds 1
+
+Output: a table on stdout, ``benchmarks/results/plain_loop_cpu.json`` and ``.txt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import pyro
+import torch
+from pyro.infer import SVI, Trace_ELBO
+from pyro.infer.autoguide import AutoNormal
+from pyro.optim import Adam
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from accuracy.targets import build_target, target_names  # noqa: E402
+
+import pyroflows  # noqa: E402
+
+RESULTS = HERE / "results"
+GUIDES = ("normal", "iaf", "naf", "nsf", "realnvp", "planar")
+REPORT_DRAWS = 2000
+
+
+def make(guide_name: str, model):
+    """Pyro's AutoNormal for ``"normal"``, else the pyroflows guide of that family."""
+    if guide_name == "normal":
+        return AutoNormal(model)
+    return pyroflows.make_guide(guide_name, model)
+
+
+def run_one(target, guide_name: str, seed: int, steps: int, lr: float) -> dict:
+    """Trains one guide in the plain loop; returns its final F (with its standard error)."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+    guide = make(guide_name, target.model)
+    svi = SVI(target.model, guide, Adam({"lr": lr}), Trace_ELBO())
+    start = time.process_time()
+    failed_at, error = None, None
+    for step in range(steps):
+        try:
+            loss = svi.step(*target.args)
+        except (ValueError, RuntimeError) as exception:  # NaN in a distribution's parameters
+            failed_at, error = step, f"{type(exception).__name__}: {str(exception)[:120]}"
+            break
+        if not math.isfinite(loss):
+            failed_at, error = step, "non-finite loss"
+            break
+    seconds = time.process_time() - start
+    record = {
+        "target": target.name,
+        "guide": guide_name,
+        "seed": seed,
+        "seconds": seconds,
+        "failed_at": failed_at,
+        "error": error,
+        "free_energy": math.inf,
+        "free_energy_se": None,
+    }
+    if failed_at is None:
+        with torch.no_grad():
+            report = pyroflows.free_energy_report(
+                target.model, guide, *target.args, num_samples=REPORT_DRAWS
+            )
+        record["free_energy"] = float(report.free_energy)
+        record["free_energy_se"] = float(report.free_energy_se)
+    return record
+
+
+def summarize(records: list[dict], guides: list[str]) -> list[dict]:
+    """Per target and guide: the median F over seeds and the median of F − F(AutoNormal) of
+    the same seed, with the largest seed-wise difference."""
+    rows = []
+    targets = list(dict.fromkeys(r["target"] for r in records))
+    for name in targets:
+        normal = {
+            r["seed"]: r["free_energy"]
+            for r in records
+            if r["target"] == name and r["guide"] == "normal"
+        }
+        for guide in guides:
+            runs = [r for r in records if r["target"] == name and r["guide"] == guide]
+            if not runs:
+                continue
+            diffs = [r["free_energy"] - normal[r["seed"]] for r in runs if r["seed"] in normal]
+            ses = [r["free_energy_se"] for r in runs if r["free_energy_se"] is not None]
+            rows.append(
+                {
+                    "target": name,
+                    "guide": guide,
+                    "free_energy_median": statistics.median(r["free_energy"] for r in runs),
+                    "free_energy_se_median": statistics.median(ses) if ses else None,
+                    "minus_normal_median": statistics.median(diffs) if diffs else None,
+                    "minus_normal_max": max(diffs) if diffs else None,
+                    "failures": sum(r["failed_at"] is not None for r in runs),
+                    "seeds": len(runs),
+                    "seconds_median": statistics.median(r["seconds"] for r in runs),
+                }
+            )
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "plain Pyro SVI loop: Adam(lr), Trace_ELBO(), fixed steps; F = -ELBO from "
+        f"{REPORT_DRAWS} fresh draws (lower is better)",
+        "F - F(AutoNormal): same seed, median [max] over seeds; failures: runs that hit NaN",
+        "",
+        f"{'target':28} {'guide':9} {'F median':>11} {'F se':>7} {'F - F(Normal)':>22} "
+        f"{'failures':>8} {'CPU s':>7}",
+        "-" * 98,
+    ]
+    for row in rows:
+        diff = (
+            "-"
+            if row["minus_normal_median"] is None
+            else f"{row['minus_normal_median']:.3g} [{row['minus_normal_max']:.3g}]"
+        )
+        se = "-" if row["free_energy_se_median"] is None else f"{row['free_energy_se_median']:.2g}"
+        lines.append(
+            f"{row['target']:28} {row['guide']:9} {row['free_energy_median']:11.4g} {se:>7} "
+            f"{diff:>22} {row['failures']:>5}/{row['seeds']} {row['seconds_median']:7.1f}"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--targets",
+        nargs="+",
+        default=None,
+        help="default: the held-out targets of the accuracy benchmark",
+    )
+    parser.add_argument("--guides", nargs="+", default=list(GUIDES), choices=GUIDES)
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--lr", type=float, default=1e-2)
+    parser.add_argument("--output", type=Path, default=RESULTS / "plain_loop_cpu.json")
+    options = parser.parse_args()
+    if "normal" not in options.guides:
+        options.guides = ["normal", *options.guides]
+    torch.set_num_threads(1)
+    logging.getLogger("pyro").setLevel(logging.WARNING)
+    names = options.targets or target_names(development=False)
+    records = []
+    for name in names:
+        target = build_target(name)
+        for seed in range(options.seeds):
+            for guide in options.guides:
+                record = run_one(target, guide, seed, options.steps, options.lr)
+                records.append(record)
+                print(
+                    f"[{time.strftime('%H:%M:%S')}] {name} {guide} seed {seed}: "
+                    f"F {record['free_energy']:.4g}"
+                    + (f" (failed at step {record['failed_at']})" if record["error"] else ""),
+                    flush=True,
+                )
+    rows = summarize(records, options.guides)
+    text = table(rows)
+    print(text)
+    options.output.parent.mkdir(parents=True, exist_ok=True)
+    output = {
+        "benchmark": "plain_loop",
+        "options": {
+            "targets": names,
+            "guides": options.guides,
+            "seeds": options.seeds,
+            "steps": options.steps,
+            "lr": options.lr,
+            "report_draws": REPORT_DRAWS,
+        },
+        "environment": {
+            "pyroflows": pyroflows.__version__,
+            "torch": torch.__version__,
+            "pyro": pyro.__version__,
+            "python": platform.python_version(),
+            "threads": torch.get_num_threads(),
+        },
+        "summary": rows,
+        "runs": records,
+    }
+    options.output.write_text(json.dumps(output, indent=1, default=str))
+    options.output.with_suffix(".txt").write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
