@@ -17,19 +17,24 @@ _START = {"init_loc_fn": init_to_median, "init_scale": 0.1, "init": "laplace"}
 
 
 class _Preset(AutoFlow):
-    """:class:`AutoFlow` for the family named by the guide's registry name, taking exactly the
-    keywords in :attr:`options` (with their defaults) and those of the start.
+    """:class:`AutoFlow` for the flow family :attr:`family`, taking exactly the keywords in
+    :attr:`options` (with their defaults) and those of the start.
 
     Every keyword is passed on to the family's builder in the order of :attr:`options`, so the
     guide's ``settings()`` list each one; sequences are stored as lists (``hidden_dims``) and
     tuples (``log_scale_bounds``).
     """
 
+    #: the registered flow family (``pyroflows.transforms.available_flows()``)
+    family: ClassVar[str]
     #: the preset's flow keywords and their defaults (``num_transforms`` first)
     options: ClassVar[dict[str, object]] = {}
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
+        if "__init__" in vars(cls):  # a subclass with its own __init__: inspect reads that
+            cls.__signature__ = None
+            return
         keyword = inspect.Parameter.KEYWORD_ONLY
         parameters = [inspect.Parameter("model", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
         parameters += [
@@ -53,7 +58,7 @@ class _Preset(AutoFlow):
             options["log_scale_bounds"] = tuple(options["log_scale_bounds"])
         super().__init__(
             model,
-            flow=self.registry_name,
+            flow=self.family,
             num_transforms=num_transforms,
             **start,
             **self._flow_options(options),
@@ -96,6 +101,7 @@ class AutoIAF(_Preset):
         >>> svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
     """
 
+    family = "iaf"
     options = {
         "num_transforms": 2,
         "hidden_dims": None,
@@ -130,6 +136,7 @@ class AutoNAF(_Preset):
         >>> guide = AutoNAF(model, transformer="ddsf")  # doctest: +SKIP
     """
 
+    family = "naf"
     options = {
         "num_transforms": 2,
         "transformer": "dsf",
@@ -159,6 +166,7 @@ class AutoPlanar(_Preset):
         >>> guide = AutoPlanar(model, num_transforms=32)  # doctest: +SKIP
     """
 
+    family = "planar"
     options = {"num_transforms": 16}
 
 
@@ -179,6 +187,7 @@ class AutoRealNVP(_Preset):
         >>> guide = AutoRealNVP(model, num_transforms=6)  # doctest: +SKIP
     """
 
+    family = "realnvp"
     options = {"num_transforms": 4, "hidden_dims": None, "log_scale_bounds": (-4.0, 1.0)}
 
 
@@ -191,6 +200,7 @@ class AutoNICE(_Preset):
         >>> guide = AutoNICE(model)  # doctest: +SKIP
     """
 
+    family = "nice"
     options = {"num_transforms": 4, "hidden_dims": None}
 
 
@@ -217,6 +227,7 @@ class AutoNSF(_Preset):
         >>> guide = AutoNSF(model, num_bins=12)  # doctest: +SKIP
     """
 
+    family = "nsf"
     options = {
         "num_transforms": 2,
         "hidden_dims": None,
