@@ -14,7 +14,9 @@ in its one-pass sampling direction:
 Two modes: ``sample`` (no gradient, ``--batch`` draws per call: how fast diagnostics and
 predictive draws are) and ``train`` (8 draws, forward and backward of ``mean(log q) + mean(x)``:
 the flow's share of an SVI step). One torch thread; the contenders of a row run in alternating
-rounds in one process, and the median round is reported; ratios are to the fastest peer. On a
+rounds in one process, and the median round is reported; ratios are to the fastest peer, and
+``[lo-hi]`` is their spread: the range over rounds of each round's ratio to that round's
+fastest peer. On a
 CPU the clock is the thread's CPU time (these machines are shared: wall time counts the other
 jobs too); on a GPU, wall time.
 
@@ -150,8 +152,8 @@ def time_call(fn: Callable, calls: int, device: torch.device) -> float:
     return (time.thread_time() - start) / calls
 
 
-def measure_row(labels, dim, mode, batch, rounds, device) -> dict[str, float]:
-    """Draws per second of each contender (median over alternating rounds)."""
+def measure_row(labels, dim, mode, batch, rounds, device) -> dict[str, list[float]]:
+    """Draws per second of each contender in each of the alternating rounds."""
     samplers = {label: build(label, dim, device) for label in labels}
 
     def work(draw):
@@ -172,7 +174,7 @@ def measure_row(labels, dim, mode, batch, rounds, device) -> dict[str, float]:
     for _ in range(rounds):
         for label, draw in samplers.items():
             times[label].append(time_call(lambda d=draw: work(d), calls[label], device))
-    return {label: size / statistics.median(t) for label, t in times.items()}
+    return {label: [size / seconds for seconds in t] for label, t in times.items()}
 
 
 def main(argv=None) -> int:
@@ -195,22 +197,39 @@ def main(argv=None) -> int:
         for mode in args.modes:
             for dim in args.dims:
                 pyro.set_rng_seed(0)
-                rates = measure_row(ours + peers, dim, mode, args.batch, args.rounds, device)
+                per_round = measure_row(ours + peers, dim, mode, args.batch, args.rounds, device)
+                rates = {k: statistics.median(v) for k, v in per_round.items()}
                 best_peer = max(rates[p] for p in peers)
+                # the spread: in each round, each contender against that round's fastest peer
+                round_ratios = {
+                    k: [v[r] / max(per_round[p][r] for p in peers) for r in range(args.rounds)]
+                    for k, v in per_round.items()
+                }
                 row = {
-                    "family": family, "mode": mode, "dim": dim,
+                    "family": family,
+                    "mode": mode,
+                    "dim": dim,
                     "batch": args.batch if mode == "sample" else 8,
                     "draws_per_s": rates,
                     "ratio_to_fastest_peer": {k: v / best_peer for k, v in rates.items()},
+                    "round_ratio_range": {k: [min(v), max(v)] for k, v in round_ratios.items()},
+                    "draws_per_s_rounds": per_round,
                 }
                 rows.append(row)
-                cells = "  ".join(f"{k}: {v:.0f} ({v / best_peer:.2f})" for k, v in rates.items())
+                cells = "  ".join(
+                    f"{k}: {v:.0f} ({v / best_peer:.2f} [{min(round_ratios[k]):.2f}-"
+                    f"{max(round_ratios[k]):.2f}])"
+                    for k, v in rates.items()
+                )
                 print(f"{family:8s} {mode:6s} {dim:5d}  {cells}", flush=True)
     output = Path(args.output) if args.output else RESULTS / f"sampling_{device.type}.json"
     output.parent.mkdir(parents=True, exist_ok=True)
     meta = {
-        "torch": torch.__version__, "pyro": pyro.__version__, "threads": 1,
-        "machine": platform.processor() or platform.machine(), "rounds": args.rounds,
+        "torch": torch.__version__,
+        "pyro": pyro.__version__,
+        "threads": 1,
+        "machine": platform.processor() or platform.machine(),
+        "rounds": args.rounds,
     }
     output.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     print(f"wrote {output}")

@@ -6,7 +6,8 @@ alternating blocks, each block in a fresh subprocess that imports pyroflows from
 trees (``--baseline`` is a path to another checkout, e.g. a ``git worktree`` of an earlier
 commit). It reports the median of the blocks' **thread CPU time** per step (one torch thread),
 which, unlike wall time, does not count the time the process waits while a shared machine runs
-something else; the ratio ``this / baseline`` is the figure of merit.
+something else; the ratio ``this / baseline`` of the medians is the figure of merit, and
+``[lo-hi]`` the range of the rounds' own ratios.
 
 Usage::
 
@@ -52,8 +53,12 @@ print(json.dumps({"ms_per_step": 1000 * (time.thread_time() - start) / config["s
 def run_block(tree: Path, config: dict) -> float:
     env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1"}
     out = subprocess.run(
-        [sys.executable, "-c", WORKER, json.dumps(config)], env=env, cwd=tree,
-        capture_output=True, text=True, check=True,
+        [sys.executable, "-c", WORKER, json.dumps(config)],
+        env=env,
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["file"].startswith(str(tree)), (result["file"], tree)
@@ -71,7 +76,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     trees = {"this": HERE, "baseline": args.baseline.resolve()}
     rows = []
-    print(f"{'guide':8s} {'model':8s} {'this ms':>8s} {'base ms':>8s} {'ratio':>6s}")
+    print(f"{'guide':8s} {'model':8s} {'this ms':>8s} {'base ms':>8s} {'ratio':>6s}  [rounds]")
     for guide in args.guides:
         for model in args.models:
             config = {"guide": guide, "model": model, "steps": args.steps}
@@ -80,9 +85,24 @@ def main(argv=None) -> int:
                 for name, tree in trees.items():
                     times[name].append(run_block(tree, config))
             this, base = (statistics.median(times[n]) for n in ("this", "baseline"))
-            rows.append({"guide": guide, "model": model, "this_ms": this, "baseline_ms": base,
-                         "ratio": this / base, "blocks": times})
-            print(f"{guide:8s} {model:8s} {this:8.2f} {base:8.2f} {this / base:6.2f}", flush=True)
+            # the spread: each round's ratio (the two trees' blocks of a round run back to back)
+            pairs = [t / b for t, b in zip(times["this"], times["baseline"], strict=True)]
+            rows.append(
+                {
+                    "guide": guide,
+                    "model": model,
+                    "this_ms": this,
+                    "baseline_ms": base,
+                    "ratio": this / base,
+                    "round_ratio_range": [min(pairs), max(pairs)],
+                    "blocks": times,
+                }
+            )
+            print(
+                f"{guide:8s} {model:8s} {this:8.2f} {base:8.2f} {this / base:6.2f}"
+                f"  [{min(pairs):.2f}-{max(pairs):.2f}]",
+                flush=True,
+            )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({"baseline": str(args.baseline), "rows": rows}, indent=1))
     print(f"wrote {args.output}")

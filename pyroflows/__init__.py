@@ -7,6 +7,7 @@ Example:
     >>> print(result)  # free energy, importance-weighted bound, PSIS k-hat
 """
 
+from pyroflows import guides
 from pyroflows.diagnostics import (
     DEFAULT_NUM_DRAWS,
     Diagnosis,
@@ -19,21 +20,7 @@ from pyroflows.diagnostics import (
     free_energy_report,
     to_inference_data,
 )
-from pyroflows.guides import (
-    AutoFlow,
-    AutoFlowGuide,
-    AutoIAF,
-    AutoNAF,
-    AutoNICE,
-    AutoNSF,
-    AutoPlanar,
-    AutoRealNVP,
-    GuideSetupError,
-    NoLatentSitesError,
-    available_guides,
-    make_guide,
-    register_guide,
-)
+from pyroflows.guides import *  # noqa: F403 (every name of pyroflows.guides.__all__)
 from pyroflows.infer import (
     CheckpointError,
     FitResult,
@@ -47,35 +34,23 @@ from pyroflows.transforms import available_flows, make_flow
 __version__ = "0.1.0"
 
 __all__ = [
-    "AutoFlow",
+    *guides.__all__,
     "DEFAULT_NUM_DRAWS",
-    "AutoFlowGuide",
-    "AutoIAF",
-    "AutoNAF",
-    "AutoNICE",
-    "AutoNSF",
-    "AutoPlanar",
-    "AutoRealNVP",
     "CheckpointError",
     "Diagnosis",
     "FitResult",
     "FreeEnergyReport",
-    "GuideSetupError",
     "ImportanceEstimate",
     "ModelGuideMismatchError",
-    "NoLatentSitesError",
     "NonFiniteDataError",
     "NonFiniteLossError",
     "available_flows",
     "NotVectorizableWarning",
     "SubsampledPlateError",
-    "available_guides",
     "diagnose",
     "fit",
     "free_energy_report",
     "importance_log_likelihood",
     "make_flow",
-    "make_guide",
-    "register_guide",
     "to_inference_data",
 ]

@@ -46,6 +46,13 @@ class KnownEvidenceModel:
     posterior_cov: torch.Tensor | None = None
 
 
+def _normalized(
+    name: str, model: Callable, latent_dim: int, description: str
+) -> KnownEvidenceModel:
+    """A normalized density written as a model without arguments: ``log Z = 0``."""
+    return KnownEvidenceModel(name, model, (), 0.0, latent_dim, description)
+
+
 def linear_regression(
     dim: int = 10,
     num_data: int = 40,
@@ -111,13 +118,8 @@ def banana(curvature: float = 1.0, scale: float = 1.5, width: float = 0.5) -> Kn
         a = pyro.sample("a", dist.Normal(0.0, scale))
         pyro.sample("b", dist.Normal(curvature * (a**2 - scale**2), width))
 
-    return KnownEvidenceModel(
-        name="banana",
-        model=banana_model,
-        args=(),
-        log_evidence=0.0,
-        latent_dim=2,
-        description=f"banana: b | a ~ N({curvature} (a^2 - {scale}^2), {width}^2)",
+    return _normalized(
+        "banana", banana_model, 2, f"banana: b | a ~ N({curvature} (a^2 - {scale}^2), {width}^2)"
     )
 
 
@@ -132,13 +134,11 @@ def funnel(dim: int = 5, log_scale_sd: float = 1.5) -> KnownEvidenceModel:
             dist.Normal(torch.zeros(dim - 1), torch.exp(v / 2).unsqueeze(-1)).to_event(1),
         )
 
-    return KnownEvidenceModel(
-        name="funnel",
-        model=funnel_model,
-        args=(),
-        log_evidence=0.0,
-        latent_dim=dim,
-        description=f"Neal's funnel in {dim} dimensions, v ~ N(0, {log_scale_sd}^2)",
+    return _normalized(
+        "funnel",
+        funnel_model,
+        dim,
+        f"Neal's funnel in {dim} dimensions, v ~ N(0, {log_scale_sd}^2)",
     )
 
 
@@ -157,13 +157,8 @@ def gaussian_mixture(separation: float = 4.0, scale: float = 0.5) -> KnownEviden
         z = pyro.sample("z", reference)
         pyro.factor("mixture", mixture.log_prob(z) - reference.log_prob(z))
 
-    return KnownEvidenceModel(
-        name="bimodal",
-        model=mixture_model,
-        args=(),
-        log_evidence=0.0,
-        latent_dim=2,
-        description=f"equal mixture of N((±{separation / 2:g}, 0), {scale}^2 I)",
+    return _normalized(
+        "bimodal", mixture_model, 2, f"equal mixture of N((±{separation / 2:g}, 0), {scale}^2 I)"
     )
 
 

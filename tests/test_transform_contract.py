@@ -38,15 +38,17 @@ D, C = 4, 3
 
 #: every family at its defaults, plus the variants its options select
 VARIANTS = {name: (name, {}) for name in available_flows()}
-VARIANTS.update({
-    "iaf-gated": ("iaf", {"update": "gated"}),
-    "iaf-random": ("iaf", {"permutation": "random", "skip_connection": False}),
-    "maf-batchnorm": ("maf", {"batch_norm": True}),
-    "naf-ddsf": ("naf", {"transformer": "ddsf", "hidden_units": 4}),
-    "naf-maf": ("naf", {"direction": "maf"}),
-    "nsf-coupling": ("nsf", {"structure": "coupling"}),
-    "nsf-maf": ("nsf", {"direction": "maf"}),
-})
+VARIANTS.update(
+    {
+        "iaf-gated": ("iaf", {"update": "gated"}),
+        "iaf-random": ("iaf", {"permutation": "random", "skip_connection": False}),
+        "maf-batchnorm": ("maf", {"batch_norm": True}),
+        "naf-ddsf": ("naf", {"transformer": "ddsf", "hidden_units": 4}),
+        "naf-maf": ("naf", {"direction": "maf"}),
+        "nsf-coupling": ("nsf", {"structure": "coupling"}),
+        "nsf-maf": ("nsf", {"direction": "maf"}),
+    }
+)
 DTYPES = {torch.float64: 1e-8, torch.float32: 2e-3}
 
 
@@ -186,9 +188,7 @@ def test_state_dict_round_trip(variant, context_dim):
     restored.eval()
     u = torch.randn(5, D, dtype=torch.float64)
     h = context_for(context_dim, 5)
-    assert torch.equal(
-        restored.forward_with_log_det(u, h)[0], flow.forward_with_log_det(u, h)[0]
-    )
+    assert torch.equal(restored.forward_with_log_det(u, h)[0], flow.forward_with_log_det(u, h)[0])
 
 
 @variants

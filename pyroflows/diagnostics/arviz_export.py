@@ -12,14 +12,7 @@ import torch
 from pyroflows._validation import check_count, check_flag
 from pyroflows.diagnostics import _arviz_compat
 from pyroflows.diagnostics.draws import PosteriorDraws, draw_posterior
-from pyroflows.diagnostics.free_energy import (
-    _KHAT_WHY,
-    DEFAULT_NUM_DRAWS,
-    MIN_KHAT_DRAWS,
-    FreeEnergyReport,
-    check_log_weights,
-    psis_log_weights,
-)
+from pyroflows.diagnostics.free_energy import _KHAT_WHY, DEFAULT_NUM_DRAWS, MIN_KHAT_DRAWS
 
 __all__ = ["to_inference_data"]
 
@@ -101,8 +94,13 @@ def to_inference_data(
         )
     if draws is None:
         draws = draw_posterior(
-            model, guide, *args, num_samples=num_samples, chunk_size=chunk_size,
-            predictive=posterior_predictive, **kwargs,
+            model,
+            guide,
+            *args,
+            num_samples=num_samples,
+            chunk_size=chunk_size,
+            predictive=posterior_predictive,
+            **kwargs,
         )
     elif draws.num_samples != num_samples:
         raise ValueError(f"draws hold {draws.num_samples} samples, num_samples={num_samples}")
@@ -112,10 +110,7 @@ def to_inference_data(
             "call draw_posterior(..., predictive=True)"
         )
     _check_coords_and_dims(coords, dims, draws)
-    log_w = draws.log_weights.double()
-    check_log_weights(log_w, args, kwargs)
-    report = FreeEnergyReport.from_log_weights(log_w)
-    smoothed = psis_log_weights(log_w)
+    report, smoothed = draws.weigh(args, kwargs)
     user_dims = {name: list(d) for name, d in (dims or {}).items()}
     variable_dims = {**{n: list(d) for n, d in draws.dims.items()}, **user_dims}
     groups: dict = {
@@ -123,7 +118,7 @@ def to_inference_data(
         "sample_stats": {
             "log_q": _chains(draws.log_q, num_chains),
             "lp": _chains(draws.log_joint, num_chains),
-            "log_weight": _chains(log_w, num_chains),
+            "log_weight": _chains(draws.log_weights.double(), num_chains),
             "psis_weight": _chains(torch.exp(smoothed), num_chains),
         },
         "log_likelihood": {n: _chains(v, num_chains) for n, v in draws.log_likelihood.items()},
@@ -171,8 +166,14 @@ def _check_coords_and_dims(coords, dims, draws: PosteriorDraws) -> None:
     known_dims = {d for names in draws.dims.values() for d in names}
     known_dims |= {d for names in draws.log_likelihood_dims.values() for d in names}
     known_dims |= {d for names in (dims or {}).values() for d in names}
-    plates = sorted({d for names in draws.dims.values() for d in names if "_dim_" not in d
-                     and "_batch_" not in d})
+    plates = sorted(
+        {
+            d
+            for names in draws.dims.values()
+            for d in names
+            if "_dim_" not in d and "_batch_" not in d
+        }
+    )
     unknown = sorted(set(coords or {}) - known_dims)
     if unknown:
         raise ValueError(
@@ -183,8 +184,10 @@ def _check_coords_and_dims(coords, dims, draws: PosteriorDraws) -> None:
     for name, values in (coords or {}).items():
         sizes = {
             tensor.shape[1 + names.index(name)]
-            for store, dim_map in ((draws.samples, draws.dims),
-                                   (draws.log_likelihood, draws.log_likelihood_dims))
+            for store, dim_map in (
+                (draws.samples, draws.dims),
+                (draws.log_likelihood, draws.log_likelihood_dims),
+            )
             for var, tensor in store.items()
             for names in [dim_map.get(var, [])]
             if name in names

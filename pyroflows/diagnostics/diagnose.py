@@ -10,14 +10,7 @@ import torch
 
 from pyroflows._validation import check_count
 from pyroflows.diagnostics.draws import PosteriorDraws, draw_posterior
-from pyroflows.diagnostics.free_energy import (
-    _KHAT_WHY,
-    DEFAULT_NUM_DRAWS,
-    MIN_KHAT_DRAWS,
-    FreeEnergyReport,
-    check_log_weights,
-    psis_log_weights,
-)
+from pyroflows.diagnostics.free_energy import _KHAT_WHY, DEFAULT_NUM_DRAWS, MIN_KHAT_DRAWS
 
 __all__ = ["Diagnosis", "diagnose"]
 
@@ -95,8 +88,11 @@ class Diagnosis:
             f"ESS of weights    {self.ess:.0f} / {self.num_samples}",
             f"ELBO              {self.elbo:.3f} ± {self.elbo_se:.3f}",
             f"IW bound          {self.iw_bound:.3f} ± {self.iw_bound_se:.3f}"
-            + ("  (error unreliable: weights' variance infinite for k-hat >= 0.5)"
-               if self.khat >= 0.5 else ""),
+            + (
+                "  (error unreliable: weights' variance infinite for k-hat >= 0.5)"
+                if self.khat >= 0.5
+                else ""
+            ),
             "",
         ]
         names = list(self.raw_mean)
@@ -163,11 +159,9 @@ def diagnose(
         )
     elif draws.num_samples < MIN_KHAT_DRAWS:
         raise ValueError(f"draws hold {draws.num_samples} samples{_KHAT_WHY}")
-    log_w = draws.log_weights.double()
-    check_log_weights(log_w, args, kwargs)
-    report = FreeEnergyReport.from_log_weights(log_w)
-    count = log_w.numel()
-    weights = torch.exp(psis_log_weights(log_w))
+    report, smoothed = draws.weigh(args, kwargs)
+    count = draws.num_samples
+    weights = torch.exp(smoothed)
     weights = weights / weights.sum()
     raw_mean, raw_sd, psis_mean, psis_sd = {}, {}, {}, {}
     for name, values in _coordinates(draws.samples).items():

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from pyroflows._validation import check_count
+from pyroflows.diagnostics.free_energy import FreeEnergyReport, check_log_weights, psis_log_weights
 from pyroflows.diagnostics.tracing import SiteDraws, trace_draws
 
 __all__ = ["PosteriorDraws", "draw_posterior"]
@@ -52,6 +53,18 @@ class PosteriorDraws:
     @property
     def num_samples(self) -> int:
         return self.log_q.shape[0]
+
+    def weigh(self, args: tuple, kwargs: dict) -> tuple[FreeEnergyReport, torch.Tensor]:
+        """The free-energy report of the draws' importance weights and their Pareto-smoothed,
+        normalized log weights (in float64): the one path from draws to weights of
+        :func:`~pyroflows.diagnose` and :func:`~pyroflows.to_inference_data`.
+
+        Raises (:func:`~pyroflows.diagnostics.free_energy.check_log_weights`) where a weight is
+        not finite, naming the model argument in ``args``, ``kwargs`` that holds NaN or inf.
+        """
+        log_w = self.log_weights.double()
+        check_log_weights(log_w, args, kwargs)
+        return FreeEnergyReport.from_log_weights(log_w), psis_log_weights(log_w)
 
 
 def _named(site: SiteDraws, tensor: torch.Tensor, with_event: bool) -> tuple[torch.Tensor, list]:
@@ -97,8 +110,14 @@ def draw_posterior(
     dims: dict[str, list[str]] = {}
     log_likelihood_dims: dict[str, list[str]] = {}
     for traced in trace_draws(
-        model, guide, args, kwargs, num_samples=num_samples, chunk_size=chunk_size,
-        keep_sites=True, predictive=predictive,
+        model,
+        guide,
+        args,
+        kwargs,
+        num_samples=num_samples,
+        chunk_size=chunk_size,
+        keep_sites=True,
+        predictive=predictive,
     ):
         chunk: dict = {"samples": {}, "log_likelihood": {}, "predictive": {}}
         for name, site in traced.model_sites.items():

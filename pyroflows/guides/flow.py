@@ -87,7 +87,9 @@ class AutoFlow(AutoFlowGuide):
     def build_flow_layers(self, latent_dim: int) -> list[FlowStack]:
         return [
             make_flow(
-                self.flow_name, latent_dim, num_transforms=self.num_transforms,
+                self.flow_name,
+                latent_dim,
+                num_transforms=self.num_transforms,
                 **self.flow_options,
             )
         ]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal
+import inspect
+from typing import ClassVar
 
 from pyro.infer.autoguide.initialization import init_to_median
 
@@ -12,11 +12,66 @@ from pyroflows.guides.registry import register_guide
 
 __all__ = ["AutoIAF", "AutoNAF", "AutoNICE", "AutoNSF", "AutoPlanar", "AutoRealNVP"]
 
-Permutation = Literal["reverse", "random"]
+#: the keywords of every guide's start (see :class:`AutoFlow`), with their defaults
+_START = {"init_loc_fn": init_to_median, "init_scale": 0.1, "init": "laplace"}
+
+
+class _Preset(AutoFlow):
+    """:class:`AutoFlow` for the flow family :attr:`family`, taking exactly the keywords in
+    :attr:`options` (with their defaults) and those of the start.
+
+    Every keyword is passed on to the family's builder in the order of :attr:`options`, so the
+    guide's ``settings()`` list each one; sequences are stored as lists (``hidden_dims``) and
+    tuples (``log_scale_bounds``).
+    """
+
+    #: the registered flow family (``pyroflows.transforms.available_flows()``)
+    family: ClassVar[str]
+    #: the preset's flow keywords and their defaults (``num_transforms`` first)
+    options: ClassVar[dict[str, object]] = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "__init__" in vars(cls):  # a subclass with its own __init__: inspect reads that
+            cls.__signature__ = None
+            return
+        keyword = inspect.Parameter.KEYWORD_ONLY
+        parameters = [inspect.Parameter("model", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+        parameters += [
+            inspect.Parameter(name, keyword, default=default)
+            for name, default in {**cls.options, **_START}.items()
+        ]
+        cls.__signature__ = inspect.Signature(parameters)  # what help() and inspect show
+
+    def __init__(self, model, **keywords):
+        for name in keywords:
+            if name not in self.options and name not in _START:
+                raise TypeError(
+                    f"{type(self).__name__}.__init__() got an unexpected keyword argument {name!r}"
+                )
+        options = {name: keywords.get(name, default) for name, default in self.options.items()}
+        start = {name: keywords.get(name, default) for name, default in _START.items()}
+        num_transforms = options.pop("num_transforms")
+        if options.get("hidden_dims") is not None:
+            options["hidden_dims"] = list(options["hidden_dims"])
+        if "log_scale_bounds" in options:
+            options["log_scale_bounds"] = tuple(options["log_scale_bounds"])
+        super().__init__(
+            model,
+            flow=self.family,
+            num_transforms=num_transforms,
+            **start,
+            **self._flow_options(options),
+        )
+
+    def _flow_options(self, options: dict[str, object]) -> dict[str, object]:
+        """The options passed to the family's builder (a preset may drop those that do not
+        apply)."""
+        return options
 
 
 @register_guide("iaf")
-class AutoIAF(AutoFlow):
+class AutoIAF(_Preset):
     """Inverse autoregressive flow guide (Kingma et al. 2016) over all continuous latents.
 
     A drop-in replacement for :class:`~pyro.infer.autoguide.AutoIAFNormal` and AutoNormal: the
@@ -46,31 +101,19 @@ class AutoIAF(AutoFlow):
         >>> svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
     """
 
-    def __init__(
-        self,
-        model,
-        *,
-        num_transforms: int = 2,
-        hidden_dims: Sequence[int] | None = None,
-        update: Literal["affine", "gated"] = "affine",
-        permutation: Permutation = "reverse",
-        init_loc_fn=init_to_median,
-        init_scale: float = 0.1,
-        init: Literal["laplace", "median"] = "laplace",
-        skip_connection: bool | str = False,
-        log_scale_bounds: tuple[float, float] = (-4.0, 1.0),
-    ):
-        super().__init__(
-            model, flow="iaf", num_transforms=num_transforms, init_loc_fn=init_loc_fn,
-            init_scale=init_scale, init=init,
-            hidden_dims=None if hidden_dims is None else list(hidden_dims),
-            update=update, permutation=permutation, skip_connection=skip_connection,
-            log_scale_bounds=tuple(log_scale_bounds),
-        )
+    family = "iaf"
+    options = {
+        "num_transforms": 2,
+        "hidden_dims": None,
+        "update": "affine",
+        "permutation": "reverse",
+        "skip_connection": False,
+        "log_scale_bounds": (-4.0, 1.0),
+    }
 
 
 @register_guide("naf")
-class AutoNAF(AutoFlow):
+class AutoNAF(_Preset):
     """Neural autoregressive flow guide (Huang et al. 2018) over all continuous latents.
 
     Each layer transforms every coordinate by a monotone neural network (``"dsf"``: one layer of
@@ -93,30 +136,19 @@ class AutoNAF(AutoFlow):
         >>> guide = AutoNAF(model, transformer="ddsf")  # doctest: +SKIP
     """
 
-    def __init__(
-        self,
-        model,
-        *,
-        num_transforms: int = 2,
-        transformer: Literal["dsf", "ddsf"] = "dsf",
-        hidden_units: int = 8,
-        depth: int = 2,
-        hidden_dims: Sequence[int] | None = None,
-        permutation: Permutation = "reverse",
-        init_loc_fn=init_to_median,
-        init_scale: float = 0.1,
-        init: Literal["laplace", "median"] = "laplace",
-    ):
-        super().__init__(
-            model, flow="naf", num_transforms=num_transforms, init_loc_fn=init_loc_fn,
-            init_scale=init_scale, init=init, transformer=transformer, hidden_units=hidden_units,
-            depth=depth, hidden_dims=None if hidden_dims is None else list(hidden_dims),
-            permutation=permutation,
-        )
+    family = "naf"
+    options = {
+        "num_transforms": 2,
+        "transformer": "dsf",
+        "hidden_units": 8,
+        "depth": 2,
+        "hidden_dims": None,
+        "permutation": "reverse",
+    }
 
 
 @register_guide("planar")
-class AutoPlanar(AutoFlow):
+class AutoPlanar(_Preset):
     """Planar flow guide (Rezende & Mohamed 2015) over all continuous latents.
 
     Layers ``f(z) = z + û tanh(wᵀz + b)``, each constrained to be invertible and started as the
@@ -134,18 +166,12 @@ class AutoPlanar(AutoFlow):
         >>> guide = AutoPlanar(model, num_transforms=32)  # doctest: +SKIP
     """
 
-    def __init__(
-        self, model, *, num_transforms: int = 16, init_loc_fn=init_to_median,
-        init_scale: float = 0.1, init: Literal["laplace", "median"] = "laplace",
-    ):
-        super().__init__(
-            model, flow="planar", num_transforms=num_transforms, init_loc_fn=init_loc_fn,
-            init_scale=init_scale, init=init,
-        )
+    family = "planar"
+    options = {"num_transforms": 16}
 
 
 @register_guide("realnvp")
-class AutoRealNVP(AutoFlow):
+class AutoRealNVP(_Preset):
     """RealNVP guide (Dinh et al. 2017): affine coupling layers with alternating halves.
 
     Sampling and the density of any point both cost one MLP pass per layer.
@@ -161,27 +187,12 @@ class AutoRealNVP(AutoFlow):
         >>> guide = AutoRealNVP(model, num_transforms=6)  # doctest: +SKIP
     """
 
-    def __init__(
-        self,
-        model,
-        *,
-        num_transforms: int = 4,
-        hidden_dims: Sequence[int] | None = None,
-        log_scale_bounds: tuple[float, float] = (-4.0, 1.0),
-        init_loc_fn=init_to_median,
-        init_scale: float = 0.1,
-        init: Literal["laplace", "median"] = "laplace",
-    ):
-        super().__init__(
-            model, flow="realnvp", num_transforms=num_transforms, init_loc_fn=init_loc_fn,
-            init_scale=init_scale, init=init,
-            hidden_dims=None if hidden_dims is None else list(hidden_dims),
-            log_scale_bounds=tuple(log_scale_bounds),
-        )
+    family = "realnvp"
+    options = {"num_transforms": 4, "hidden_dims": None, "log_scale_bounds": (-4.0, 1.0)}
 
 
 @register_guide("nice")
-class AutoNICE(AutoFlow):
+class AutoNICE(_Preset):
     """NICE guide (Dinh et al. 2015): additive (volume-preserving) coupling layers and a final
     diagonal scaling. Cheap per layer; it changes volume only through the scaling.
 
@@ -189,25 +200,12 @@ class AutoNICE(AutoFlow):
         >>> guide = AutoNICE(model)  # doctest: +SKIP
     """
 
-    def __init__(
-        self,
-        model,
-        *,
-        num_transforms: int = 4,
-        hidden_dims: Sequence[int] | None = None,
-        init_loc_fn=init_to_median,
-        init_scale: float = 0.1,
-        init: Literal["laplace", "median"] = "laplace",
-    ):
-        super().__init__(
-            model, flow="nice", num_transforms=num_transforms, init_loc_fn=init_loc_fn,
-            init_scale=init_scale, init=init,
-            hidden_dims=None if hidden_dims is None else list(hidden_dims),
-        )
+    family = "nice"
+    options = {"num_transforms": 4, "hidden_dims": None}
 
 
 @register_guide("nsf")
-class AutoNSF(AutoFlow):
+class AutoNSF(_Preset):
     """Neural spline flow guide (Durkan et al. 2019): monotone rational-quadratic splines with
     linear tails, in autoregressive layers (sampling direction, one MADE pass per layer) or
     coupling layers (``structure="coupling"``).
@@ -229,26 +227,17 @@ class AutoNSF(AutoFlow):
         >>> guide = AutoNSF(model, num_bins=12)  # doctest: +SKIP
     """
 
-    def __init__(
-        self,
-        model,
-        *,
-        num_transforms: int = 2,
-        num_bins: int = 8,
-        bound: float = 4.0,
-        structure: Literal["autoregressive", "coupling"] = "autoregressive",
-        hidden_dims: Sequence[int] | None = None,
-        permutation: Permutation = "reverse",
-        init_loc_fn=init_to_median,
-        init_scale: float = 0.1,
-        init: Literal["laplace", "median"] = "laplace",
-    ):
-        options = {"num_bins": num_bins, "bound": bound, "structure": structure}
-        if structure == "autoregressive":
-            options["permutation"] = permutation
-        super().__init__(
-            model, flow="nsf", num_transforms=num_transforms, init_loc_fn=init_loc_fn,
-            init_scale=init_scale, init=init,
-            hidden_dims=None if hidden_dims is None else list(hidden_dims),
-            **options,
-        )
+    family = "nsf"
+    options = {
+        "num_transforms": 2,
+        "hidden_dims": None,
+        "num_bins": 8,
+        "bound": 4.0,
+        "structure": "autoregressive",
+        "permutation": "reverse",
+    }
+
+    def _flow_options(self, options):
+        if options["structure"] != "autoregressive":
+            del options["permutation"]  # coupling layers have no orderings
+        return options

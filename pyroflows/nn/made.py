@@ -172,11 +172,14 @@ class MADE(nn.Module):
             first_mask = degrees[1][:, None] >= degrees[0][None, :]
         else:
             first_mask = direct_mask
+
         def row_scale(mask: torch.Tensor) -> torch.Tensor:
             return mask.sum(1, keepdim=True).clamp_min(1).float() ** -output_scaling
 
         self.input_layer = MaskedLinear(
-            input_dim, first_mask.shape[0], first_mask,
+            input_dim,
+            first_mask.shape[0],
+            first_mask,
             weight_scale=1.0 if self.hidden_dims else row_scale(first_mask),
         )
         if not self.hidden_dims:  # the input layer is the output layer
@@ -234,7 +237,8 @@ class MADE(nn.Module):
             batch = h.shape[:-1]
             direct = (direct + layer.bias).expand(batch + direct.shape[-1:])
             out = torch.addmm(
-                direct.reshape(-1, direct.shape[-1]), h.reshape(-1, h.shape[-1]),
+                direct.reshape(-1, direct.shape[-1]),
+                h.reshape(-1, h.shape[-1]),
                 layer.masked_weight().t(),
             ).reshape(batch + direct.shape[-1:])
         return out.unflatten(-1, (self.num_params, self.input_dim))

@@ -33,8 +33,13 @@ def made_for(
     if hidden_dims is None:
         hidden_dims = default_hidden_dims(input_dim, context_dim)
     return MADE(
-        input_dim, hidden_dims, num_params=transformer.num_params, ordering=ordering,
-        context_dim=context_dim, skip_connection=skip_connection, activation=activation,
+        input_dim,
+        hidden_dims,
+        num_params=transformer.num_params,
+        ordering=ordering,
+        context_dim=context_dim,
+        skip_connection=skip_connection,
+        activation=activation,
         output_scaling=output_scaling,
     )
 
@@ -63,9 +68,7 @@ class AutoregressiveTransform(FlowLayer):
         True
     """
 
-    def __init__(
-        self, conditioner: MADE, transformer: Transformer, direction: Direction = "iaf"
-    ):
+    def __init__(self, conditioner: MADE, transformer: Transformer, direction: Direction = "iaf"):
         if direction not in ("iaf", "maf"):
             raise ValueError(f"direction must be 'iaf' or 'maf', got {direction!r}")
         if conditioner.num_params != transformer.num_params:

@@ -52,7 +52,11 @@ class ConditionalInverseAutoregressiveFlow(InverseAutoregressiveFlow):
     ):
         _require_context(context_dim)
         super().__init__(
-            input_dim, hidden_dims, update=update, ordering=ordering, context_dim=context_dim,
+            input_dim,
+            hidden_dims,
+            update=update,
+            ordering=ordering,
+            context_dim=context_dim,
             **kwargs,
         )
 
@@ -79,6 +83,11 @@ class ConditionalNeuralAutoregressiveFlow(NeuralAutoregressiveFlow):
     ):
         _require_context(context_dim)
         super().__init__(
-            input_dim, hidden_dims, transformer=transformer, hidden_units=hidden_units,
-            depth=depth, context_dim=context_dim, **kwargs,
+            input_dim,
+            hidden_dims,
+            transformer=transformer,
+            hidden_units=hidden_units,
+            depth=depth,
+            context_dim=context_dim,
+            **kwargs,
         )

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from pyroflows.transforms.autoregressive import AutoregressiveTransform, Direction, made_for
-from pyroflows.transforms.transformers import AffineTransformer, GatedTransformer
+from pyroflows.transforms.transformers import affine_update
 
 __all__ = ["IAFUpdate", "InverseAutoregressiveFlow"]
 
@@ -51,12 +51,7 @@ class InverseAutoregressiveFlow(AutoregressiveTransform):
         activation: nn.Module | None = None,
         direction: Direction = "iaf",
     ):
-        if update == "affine":
-            transformer = AffineTransformer(log_scale_bounds)
-        elif update == "gated":
-            transformer = GatedTransformer(gate_bias)
-        else:
-            raise ValueError(f"update must be 'affine' or 'gated', got {update!r}")
+        transformer = affine_update(update, log_scale_bounds, gate_bias)
         made = made_for(
             transformer, input_dim, hidden_dims, ordering, context_dim, skip_connection, activation
         )

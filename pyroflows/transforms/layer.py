@@ -157,14 +157,6 @@ class ConditionedLayer(_LogDetCache, Transform):
     def __init__(self, layer: FlowLayer, context: torch.Tensor):
         check_context(context, layer.context_dim)
         super().__init__(cache_size=1)
-        self.layer = layer
-        self.context = context
+        self.layer = self._layer = layer
+        self.context = self._context = context
         self._cached_log_det = None
-
-    @property
-    def _layer(self) -> FlowLayer:
-        return self.layer
-
-    @property
-    def _context(self) -> torch.Tensor:
-        return self.context

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Literal
 
 import torch
@@ -39,10 +40,10 @@ from pyroflows.transforms.stack import FlowStack
 from pyroflows.transforms.transformers import (
     AdditiveTransformer,
     AffineTransformer,
-    GatedTransformer,
     SigmoidalTransformer,
     SplineTransformer,
     Transformer,
+    affine_update,
 )
 
 __all__ = [
@@ -95,29 +96,22 @@ class FlowFamily:
 _FLOWS: dict[str, FlowFamily] = {}
 
 
-def register_flow(
-    name: str,
-    *,
-    paper: str,
-    one_pass_sampling: bool,
-    sampling_cost: str,
-    density_cost: str,
-    inverse: str,
-    default_num_transforms: int = 2,
-    identity_at_init: bool = True,
-    multimodal: bool = False,
-    guide_defaults: dict | None = None,
-):
+def register_flow(name: str, **fields):
     """Decorator registering a builder ``(dim, context_dim, num_transforms, **options)`` that
-    returns the list of layers of one flow (see the module docstring for an example)."""
+    returns the list of layers of one flow (see the module docstring for an example).
+
+    ``fields`` are those of :class:`FlowFamily` after ``name`` and ``build``: ``paper``,
+    ``one_pass_sampling``, ``sampling_cost``, ``density_cost`` and ``inverse`` are required;
+    ``default_num_transforms`` (2), ``identity_at_init``, ``multimodal`` and ``guide_defaults``
+    are optional.
+    """
 
     def decorate(build):
         if name in _FLOWS:
             raise ValueError(f"a flow family is already registered as {name!r}")
-        _FLOWS[name] = FlowFamily(
-            name, build, default_num_transforms, one_pass_sampling, paper, sampling_cost,
-            density_cost, inverse, identity_at_init, multimodal, dict(guide_defaults or {}),
-        )
+        options = {"default_num_transforms": 2, **fields}
+        options["guide_defaults"] = dict(options.get("guide_defaults") or {})
+        _FLOWS[name] = FlowFamily(name, build, **options)
         return build
 
     return decorate
@@ -137,7 +131,8 @@ def available_flows(one_pass_sampling: bool | None = None) -> list[str]:
         ['iaf', 'maf', 'naf', 'nice', 'nsf', 'planar', 'realnvp']
     """
     return sorted(
-        name for name, family in _FLOWS.items()
+        name
+        for name, family in _FLOWS.items()
         if one_pass_sampling is None or family.one_pass_sampling == one_pass_sampling
     )
 
@@ -241,7 +236,13 @@ def autoregressive_stack(
     for ordering in orderings(dim, num_transforms, permutation):
         transformer = make_transformer()
         made = made_for(
-            transformer, dim, hidden_dims, ordering, context_dim, skip_connection, activation,
+            transformer,
+            dim,
+            hidden_dims,
+            ordering,
+            context_dim,
+            skip_connection,
+            activation,
             output_scaling,
         )
         layers.append(AutoregressiveTransform(made, transformer, direction))
@@ -265,31 +266,36 @@ def coupling_stack(
         mask = alternating_mask(dim, flip=index % 2 == 1)
         transformer = make_transformer()
         conditioner = ConditionerMLP(
-            int(mask.sum()), transformer.num_params, int((~mask).sum()), hidden_dims,
-            context_dim=context_dim, activation=activation,
+            int(mask.sum()),
+            transformer.num_params,
+            int((~mask).sum()),
+            hidden_dims,
+            context_dim=context_dim,
+            activation=activation,
         )
         layers.append(CouplingTransform(mask, conditioner, transformer))
     return _with_batch_norm(layers, dim, batch_norm)
 
 
-def _affine_like(update: str, log_scale_bounds, gate_bias) -> Callable[[], Transformer]:
-    if update == "affine":
-        AffineTransformer(log_scale_bounds)  # validates the bounds once, here
-        return lambda: AffineTransformer(log_scale_bounds)
-    if update == "gated":
-        return lambda: GatedTransformer(gate_bias)
-    raise ValueError(f"update must be 'affine' or 'gated', got {update!r}")
-
-
 # ---- the families ---------------------------------------------------------------------------
-
-#: a guide's affine stage is full rank (see pyroflows.transforms.AffineStage): the MADE's direct
-#: linear path would duplicate it; measured on the development targets, dropping it lowered the
-#: KL (10-D regression 0.031 -> 0.013, banana 0.35 -> 0.10 for AutoIAF) and saves ~15% a step
-_GUIDE_AUTOREGRESSIVE = {"skip_connection": False}
 
 _AR_DENSITY = "1 pass (MADE)"
 _AR_SEQUENTIAL = "D sequential passes"
+
+#: what the families with a sampling (IAF) direction share. A guide's affine stage is full rank
+#: (see pyroflows.transforms.AffineStage): the MADE's direct linear path would duplicate it;
+#: measured on the development targets, dropping it lowered the KL (10-D regression 0.031 ->
+#: 0.013, banana 0.35 -> 0.10 for AutoIAF) and saves ~15% a step
+_SAMPLING_AUTOREGRESSIVE = {"one_pass_sampling": True, "guide_defaults": {"skip_connection": False}}
+
+#: what the coupling families share: one MLP pass per layer both ways
+_COUPLING = {
+    "one_pass_sampling": True,
+    "sampling_cost": "1 pass (MLP per layer)",
+    "density_cost": "1 pass (MLP per layer)",
+    "inverse": "closed form",
+    "default_num_transforms": 4,
+}
 
 
 def _affine_autoregressive(direction: Direction):
@@ -297,10 +303,17 @@ def _affine_autoregressive(direction: Direction):
     whose default direction is ``direction``."""
 
     def build(
-        dim, context_dim, num_transforms, *, update="affine", log_scale_bounds=(-4.0, 1.0),
-        gate_bias=2.0, **options,
+        dim,
+        context_dim,
+        num_transforms,
+        *,
+        update="affine",
+        log_scale_bounds=(-4.0, 1.0),
+        gate_bias=2.0,
+        **options,
     ):
-        make = _affine_like(update, log_scale_bounds, gate_bias)
+        make = partial(affine_update, update, log_scale_bounds, gate_bias)
+        make()  # validates the update and its options once, here
         options.setdefault("direction", direction)
         return autoregressive_stack(dim, context_dim, num_transforms, make, **options)
 
@@ -310,11 +323,10 @@ def _affine_autoregressive(direction: Direction):
 register_flow(
     "iaf",
     paper="Kingma et al. 2016, Improved variational inference with inverse autoregressive flow",
-    one_pass_sampling=True,
     sampling_cost=_AR_DENSITY,
     density_cost=_AR_SEQUENTIAL,
     inverse="closed form per pass",
-    guide_defaults=_GUIDE_AUTOREGRESSIVE,
+    **_SAMPLING_AUTOREGRESSIVE,
 )(_affine_autoregressive("iaf"))
 register_flow(
     "maf",
@@ -329,23 +341,29 @@ register_flow(
 @register_flow(
     "naf",
     paper="Huang et al. 2018, Neural autoregressive flows",
-    one_pass_sampling=True,
     sampling_cost=_AR_DENSITY + " (direction='iaf', the default)",
     density_cost=_AR_SEQUENTIAL + " (direction='iaf'); 1 pass with direction='maf'",
     inverse="bisection per pass",
     identity_at_init=False,
     multimodal=True,
-    guide_defaults=_GUIDE_AUTOREGRESSIVE,
+    **_SAMPLING_AUTOREGRESSIVE,
 )
 def _build_naf(
-    dim, context_dim, num_transforms, *, transformer="dsf", hidden_units=8, depth=2,
-    max_log_slope=7.0, max_offset=math.inf, max_logit=math.inf, **options,
+    dim,
+    context_dim,
+    num_transforms,
+    *,
+    transformer="dsf",
+    hidden_units=8,
+    depth=2,
+    max_log_slope=7.0,
+    max_offset=math.inf,
+    max_logit=math.inf,
+    **options,
 ):
-    def make():
-        return SigmoidalTransformer(
-            transformer, hidden_units, depth, max_log_slope, max_offset, max_logit
-        )
-
+    make = partial(
+        SigmoidalTransformer, transformer, hidden_units, depth, max_log_slope, max_offset, max_logit
+    )
     make()  # validates
     return autoregressive_stack(dim, context_dim, num_transforms, make, **options)
 
@@ -353,20 +371,25 @@ def _build_naf(
 @register_flow(
     "nsf",
     paper="Durkan et al. 2019, Neural spline flows",
-    one_pass_sampling=True,
     sampling_cost="1 pass (direction='iaf', the default, or structure='coupling')",
     density_cost=_AR_SEQUENTIAL + " (direction='iaf'); 1 pass with direction='maf' or coupling",
     inverse="closed form (quadratic root) per pass",
     multimodal=True,
-    guide_defaults=_GUIDE_AUTOREGRESSIVE,
+    **_SAMPLING_AUTOREGRESSIVE,
 )
 def _build_nsf(
-    dim, context_dim, num_transforms, *, num_bins=8, bound=4.0,
+    dim,
+    context_dim,
+    num_transforms,
+    *,
+    num_bins=8,
+    bound=4.0,
     structure: Literal["autoregressive", "coupling"] = "autoregressive",
-    skip_connection: bool | str = "auto", **options,
+    skip_connection: bool | str = "auto",
+    **options,
 ):
-    SplineTransformer(num_bins, bound)  # validates
-    make = lambda: SplineTransformer(num_bins, bound)  # noqa: E731
+    make = partial(SplineTransformer, num_bins, bound)
+    make()  # validates
     if structure == "autoregressive":
         return autoregressive_stack(
             dim, context_dim, num_transforms, make, skip_connection=skip_connection, **options
@@ -378,28 +401,17 @@ def _build_nsf(
     raise ValueError(f"structure must be 'autoregressive' or 'coupling', got {structure!r}")
 
 
-@register_flow(
-    "realnvp",
-    paper="Dinh et al. 2017, Density estimation using Real NVP",
-    one_pass_sampling=True,
-    sampling_cost="1 pass (MLP per layer)",
-    density_cost="1 pass (MLP per layer)",
-    inverse="closed form",
-    default_num_transforms=4,
-)
+@register_flow("realnvp", paper="Dinh et al. 2017, Density estimation using Real NVP", **_COUPLING)
 def _build_realnvp(dim, context_dim, num_transforms, *, log_scale_bounds=(-4.0, 1.0), **options):
-    make = _affine_like("affine", log_scale_bounds, None)
+    make = partial(AffineTransformer, log_scale_bounds)
+    make()  # validates the bounds once, here
     return coupling_stack(dim, context_dim, num_transforms, make, **options)
 
 
 @register_flow(
     "nice",
     paper="Dinh et al. 2015, NICE: non-linear independent components estimation",
-    one_pass_sampling=True,
-    sampling_cost="1 pass (MLP per layer)",
-    density_cost="1 pass (MLP per layer)",
-    inverse="closed form",
-    default_num_transforms=4,
+    **_COUPLING,
 )
 def _build_nice(dim, context_dim, num_transforms, *, scaling: bool = True, **options):
     layers = coupling_stack(dim, context_dim, num_transforms, AdditiveTransformer, **options)

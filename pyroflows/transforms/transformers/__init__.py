@@ -5,6 +5,7 @@ from pyroflows.transforms.transformers.affine import (
     AdditiveTransformer,
     AffineTransformer,
     GatedTransformer,
+    affine_update,
 )
 from pyroflows.transforms.transformers.base import Transformer
 from pyroflows.transforms.transformers.sigmoidal import SigmoidalTransformer, sigmoidal_stage_dims
@@ -17,5 +18,6 @@ __all__ = [
     "SigmoidalTransformer",
     "SplineTransformer",
     "Transformer",
+    "affine_update",
     "sigmoidal_stage_dims",
 ]

@@ -10,7 +10,7 @@ from torch.nn import functional as F
 
 from pyroflows.transforms.transformers.base import Transformer
 
-__all__ = ["AdditiveTransformer", "AffineTransformer", "GatedTransformer"]
+__all__ = ["AdditiveTransformer", "AffineTransformer", "GatedTransformer", "affine_update"]
 
 
 class AffineTransformer(Transformer):
@@ -115,3 +115,21 @@ class AdditiveTransformer(Transformer):
 
     def _inverse(self, y, params):
         return y - params.squeeze(-2)
+
+
+def affine_update(
+    update: str = "affine", log_scale_bounds: tuple[float, float] = (-4.0, 1.0), gate_bias=2.0
+) -> Transformer:
+    """A fresh transformer of an IAF or MAF layer: ``update="affine"`` (an
+    :class:`AffineTransformer` with ``log_scale_bounds``) or ``"gated"`` (a
+    :class:`GatedTransformer` with ``gate_bias``).
+
+    Example:
+        >>> affine_update("gated", gate_bias=3.0)
+        GatedTransformer(gate_bias=3.0)
+    """
+    if update == "affine":
+        return AffineTransformer(log_scale_bounds)
+    if update == "gated":
+        return GatedTransformer(gate_bias)
+    raise ValueError(f"update must be 'affine' or 'gated', got {update!r}")
