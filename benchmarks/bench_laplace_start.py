@@ -10,6 +10,9 @@ and the ELBO of each candidate start from 64 draws. This script times that first
 records its peak memory for each ``--modes``:
 
 * ``full``: the full Hessian at every D (the threshold patched to infinity in the worker),
+* ``full-hvp``: as ``full``, with ``torch.autograd.functional.hessian`` replaced in the worker by
+  :func:`hessian_by_rows` (one gradient with ``create_graph=True``, then one Hessian-vector
+  product per row): not what the library does today, a measured proposal,
 * ``diagonal``: the Hessian's diagonal at every D (the threshold patched to 0),
 * ``default``: the library's thresholds as they are,
 * ``median``: ``init="median"`` (no MAP, no Hessian), the floor under either,
@@ -56,7 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_scaling import _is_out_of_memory, _limit_memory, _status_mib  # noqa: E402
 
-MODES = ("full", "diagonal", "default", "median")
+MODES = ("full", "full-hvp", "diagonal", "default", "median")
 MODELS = ("gaussian", "logistic")
 NUM_DATA = 8
 
@@ -91,6 +94,23 @@ def make_problem(name: str, dim: int, rows: int):
     raise ValueError(f"unknown model {name!r}; choose from {MODELS}")
 
 
+def hessian_by_rows(func, z):
+    """The Hessian of a scalar ``func`` at a vector ``z``, one Hessian-vector product per row
+    from a single differentiable gradient (what ``full-hvp`` puts in place of
+    ``torch.autograd.functional.hessian``)."""
+    import torch
+
+    z = z.detach().requires_grad_(True)
+    (gradient,) = torch.autograd.grad(func(z), z, create_graph=True)
+    hessian = torch.empty(z.shape[0], z.shape[0], dtype=z.dtype, device=z.device)
+    basis = torch.zeros_like(z)
+    for row in range(z.shape[0]):
+        basis[row] = 1.0
+        (hessian[row],) = torch.autograd.grad(gradient, z, basis, retain_graph=True)
+        basis[row] = 0.0
+    return hessian.detach()
+
+
 def run_worker(config: dict) -> dict:
     """Times one guide's first call (its set-up) for one model, mode and D."""
     import logging
@@ -106,8 +126,10 @@ def run_worker(config: dict) -> dict:
     warnings.simplefilter("ignore")
     torch.set_num_threads(config["threads"])
     mode = config["mode"]
-    if mode == "full":
+    if mode in ("full", "full-hvp"):
         base.FULL_HESSIAN_MAX_DIM = sys.maxsize
+    if mode == "full-hvp":
+        torch.autograd.functional.hessian = hessian_by_rows
     elif mode == "diagonal":
         base.FULL_HESSIAN_MAX_DIM = 0
     init = "median" if mode == "median" else "laplace"
@@ -116,6 +138,7 @@ def run_worker(config: dict) -> dict:
     warm_model, warm_args = make_problem(config["model"], 2, 16)
     make_guide(config["guide"], warm_model, init=init)(*warm_args)
     pyro.clear_param_store()
+    pyro.set_rng_seed(0)  # init_to_median draws from the prior
     model, args = make_problem(config["model"], config["dim"], config["rows"])
     result = {
         **config,

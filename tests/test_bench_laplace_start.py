@@ -45,3 +45,17 @@ def test_each_mode_gets_its_curvature(tmp_path, capsys):
         assert row["lbfgs_evaluations"] >= 1
         assert set(row["candidate_elbos"]) >= {row["start"], "init_loc_fn"}
     assert "| logistic, diagonal |" in capsys.readouterr().out
+
+
+def test_the_row_by_row_hessian_matches_torch():
+    import torch
+
+    matrix = torch.randn(5, 5, dtype=torch.float64)
+    matrix = matrix @ matrix.T
+
+    def func(z):
+        return 0.5 * z @ matrix @ z + torch.sin(z).sum() + (z**4).sum()
+
+    z = torch.randn(5, dtype=torch.float64)
+    expected = torch.autograd.functional.hessian(func, z)
+    assert torch.allclose(bench_laplace_start.hessian_by_rows(func, z), expected, atol=1e-12)
