@@ -7,7 +7,7 @@ Part 1, latent dimension. The model has one vector latent of size D and a data p
 For every registered guide (``pyroflows.available_guides()``, so new families are picked up) with
 its default settings, beside Pyro's AutoNormal and AutoLowRankMultivariateNormal, and for each D,
 a fresh subprocess builds the guide (the seconds of its set-up), then runs steps of
-``pyroflows.fit`` (its defaults: 4 vectorized particles, ClippedAdam) and reports
+``pyroflows.fit`` (its defaults: 8 vectorized particles, ClippedAdam) and reports
 
 * ms per step (median of short blocks, after two warm-up steps),
 * peak memory: on the CPU the peak resident set of the subprocess (VmHWM; the figure includes
