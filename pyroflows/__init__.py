@@ -7,6 +7,15 @@ Example:
     >>> print(result)  # free energy, importance-weighted bound, PSIS k-hat
 """
 
+from pyroflows.density import (
+    ConditionalFittedDensity,
+    DistillationReport,
+    FittedDensity,
+    NonFiniteDensityLossError,
+    distill,
+    fit_density,
+    load_density,
+)
 from pyroflows.diagnostics import (
     DEFAULT_NUM_DRAWS,
     Diagnosis,
@@ -57,7 +66,10 @@ __all__ = [
     "AutoPlanar",
     "AutoRealNVP",
     "CheckpointError",
+    "ConditionalFittedDensity",
     "Diagnosis",
+    "DistillationReport",
+    "FittedDensity",
     "FitResult",
     "FreeEnergyReport",
     "GuideSetupError",
@@ -65,15 +77,19 @@ __all__ = [
     "ModelGuideMismatchError",
     "NoLatentSitesError",
     "NonFiniteDataError",
+    "NonFiniteDensityLossError",
     "NonFiniteLossError",
     "available_flows",
     "NotVectorizableWarning",
     "SubsampledPlateError",
     "available_guides",
     "diagnose",
+    "distill",
     "fit",
+    "fit_density",
     "free_energy_report",
     "importance_log_likelihood",
+    "load_density",
     "make_flow",
     "make_guide",
     "register_guide",
