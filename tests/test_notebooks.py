@@ -12,7 +12,7 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.i
 
 def test_there_are_notebooks():
     assert {p.name for p in NOTEBOOKS} >= {
-        "quickstart.ipynb", "diagnostics.ipynb", "vae_mnist.ipynb"}
+        "quickstart.ipynb", "diagnostics.ipynb", "vae_mnist.ipynb", "density_estimation.ipynb"}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
