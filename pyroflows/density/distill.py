@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
+from pyro.distributions.conditional import ConditionalDistribution
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -253,6 +254,11 @@ def distill(
         progress = check_flag("progress", progress)
     if seed is not None:
         seed = check_count("seed", seed, minimum=0)
+    if isinstance(teacher, ConditionalDistribution):
+        raise ValueError(
+            "the teacher is a conditional density: distill one of its conditionals, "
+            "teacher.condition(h) with a single context h of shape (context_dim,)"
+        )
     event_shape = tuple(getattr(teacher, "event_shape", ()))
     if len(event_shape) != 1 or not callable(getattr(teacher, "log_prob", None)):
         raise ValueError(

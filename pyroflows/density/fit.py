@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 import sys
 import time
 from collections.abc import Sequence
@@ -141,6 +142,8 @@ def _spec_and_flow(
 
 def _held_out(validation, context_given: bool, like: torch.Tensor, context_like):
     """Explicit validation data: ``(x, context)``, or None when ``validation`` is a size."""
+    if isinstance(validation, numbers.Real):  # a fraction or a count (NumPy scalars too)
+        return None
     if isinstance(validation, tuple) and context_given:
         if len(validation) != 2:
             raise ValueError("validation must be (data, context) for a conditional density")
