@@ -1,6 +1,7 @@
 """Benchmark: ms per training step of the guides, this tree against another checkout.
 
-Runs ``pyroflows.fit``'s loop for each guide at its defaults on the built-in models, in
+Runs ``pyroflows.fit``'s loop (at ``lr=1e-2``, 4 particles: the same settings in both trees)
+for each guide at its defaults on the built-in models, in
 alternating blocks, each block in a fresh subprocess that imports pyroflows from one of the two
 trees (``--baseline`` is a path to another checkout, e.g. a ``git worktree`` of an earlier
 commit). It reports the median of the blocks' **thread CPU time** per step (one torch thread),
@@ -39,10 +40,10 @@ config = json.loads(sys.argv[1])
 problem = builtin_models()[config["model"]]()
 pyro.set_rng_seed(0)
 guide = pyroflows.make_guide(config["guide"], problem.model)
-pyroflows.fit(problem.model, guide, *problem.args, steps=20, progress=False, report_samples=None)
+same = dict(lr=1e-2, num_particles=4, progress=False, report_samples=None)  # as in both trees
+pyroflows.fit(problem.model, guide, *problem.args, steps=20, **same)
 start = time.thread_time()
-pyroflows.fit(problem.model, guide, *problem.args, steps=config["steps"], progress=False,
-              report_samples=None)
+pyroflows.fit(problem.model, guide, *problem.args, steps=config["steps"], **same)
 print(json.dumps({"ms_per_step": 1000 * (time.thread_time() - start) / config["steps"],
                   "file": pyroflows.__file__}))
 """

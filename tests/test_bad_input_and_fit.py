@@ -8,6 +8,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 
+import pyroflows
 from pyroflows import AutoIAF, AutoNAF, GuideSetupError, NonFiniteLossError, fit, free_energy_report
 from pyroflows.models import linear_regression
 
@@ -160,3 +161,12 @@ def test_report_flags_a_poor_guide_with_a_high_khat():
     assert report.khat > 0.7 and report.verdict == "unreliable"
     text = str(report)
     assert "PSIS k-hat" in text and "unreliable" in text
+
+
+def test_an_exact_guide_is_good_not_unreliable():
+    """Log weights equal up to float32 rounding have no tail: ArviZ's Pareto fit says k-hat = inf
+    for them; the report says -inf, and "good"."""
+    log_w = torch.full((4000,), -40.7) + 1e-6 * torch.randn(4000)
+    report = pyroflows.diagnostics.FreeEnergyReport.from_log_weights(log_w)
+    assert report.khat == -math.inf and report.verdict == "good"
+    assert abs(report.ess - 4000) < 1

@@ -79,11 +79,22 @@ def importance_log_weights(
     return torch.cat(chunks)
 
 
+#: log weights that differ by less than this (nats) are equal up to rounding: an exact guide
+EQUAL_LOG_WEIGHTS = 1e-4
+
+
 def _psislw(log_weights: np.ndarray | torch.Tensor) -> tuple[np.ndarray, float]:
-    """ArviZ's PSIS (either ArviZ version): smoothed, normalized log weights and k-hat."""
+    """ArviZ's PSIS (either ArviZ version): smoothed, normalized log weights and k-hat.
+
+    Weights equal up to rounding (an exact guide: every ``p(x, z)/q(z)`` is ``p(x)``) have no
+    tail at all; ArviZ's fit of a Pareto tail to them returns ``k-hat = inf`` ("unreliable"),
+    so they get ``k-hat = -inf`` and equal weights here."""
     if isinstance(log_weights, torch.Tensor):
         log_weights = log_weights.detach().cpu().double().numpy()
-    return _arviz_compat.psislw(np.asarray(log_weights, dtype=np.float64))
+    log_weights = np.asarray(log_weights, dtype=np.float64).reshape(-1)
+    if log_weights.size and np.ptp(log_weights) < EQUAL_LOG_WEIGHTS:
+        return np.full_like(log_weights, -math.log(log_weights.size)), -math.inf
+    return _arviz_compat.psislw(log_weights)
 
 
 def pareto_khat(log_weights: np.ndarray | torch.Tensor) -> float:

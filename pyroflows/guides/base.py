@@ -36,6 +36,7 @@ from pyroflows.distributions import FlowDistribution
 from pyroflows.guides.start import (
     FULL_HESSIAN_MAX_DIM,
     Start,
+    batched_log_joint,
     laplace_start,
     unconstrained_log_joint,
 )
@@ -404,7 +405,8 @@ def _shrunk(start: Start, factors) -> list[Start]:
 
 def _elbo_estimate(guide, flow, args: tuple, kwargs: dict, num_draws: int) -> float:
     """The ELBO of ``flow``'s distribution from ``num_draws`` draws of a generator seeded with
-    0 (one model evaluation per draw; -inf where the model's density is not finite)."""
+    0 (the model scores them in one vectorized run, or one by one if it is not
+    vectorization-safe; -inf where the model's density is not finite)."""
     loc = flow[-1].loc0
     generator = torch.Generator(device=loc.device).manual_seed(0)
     noise = torch.randn(
@@ -412,16 +414,19 @@ def _elbo_estimate(guide, flow, args: tuple, kwargs: dict, num_draws: int) -> fl
     )
     latent = flow(noise)
     log_q = _standard_normal_like(loc).log_prob(noise) - flow.log_abs_det_jacobian(noise, latent)
-    total = 0.0
-    for index in range(num_draws):
-        try:
-            log_p = float(unconstrained_log_joint(guide, latent[index], args, kwargs))
-        except (ValueError, RuntimeError):
-            return -math.inf
-        if not math.isfinite(log_p):
-            return -math.inf
-        total += log_p - float(log_q[index])
-    return total / num_draws
+    try:
+        log_p = batched_log_joint(guide, latent, args, kwargs)
+    except (ValueError, RuntimeError):  # not vectorization-safe: one draw at a time
+        log_p = None
+    if log_p is None or log_p.shape != (num_draws,):
+        log_p = torch.empty(num_draws, dtype=loc.dtype, device=loc.device)
+        for index in range(num_draws):
+            try:
+                log_p[index] = unconstrained_log_joint(guide, latent[index], args, kwargs)
+            except (ValueError, RuntimeError):
+                return -math.inf
+    elbo = float((log_p - log_q).mean())
+    return elbo if math.isfinite(elbo) else -math.inf
 
 
 def _standard_normal_like(loc: torch.Tensor) -> dist.Distribution:

@@ -68,12 +68,12 @@ class AutoFlow(AutoFlowGuide):
         # build a tiny flow now, so that a bad option fails here and not at the first step
         # (with the global RNG left as it was: seeded runs build the same guide as before)
         with torch.random.fork_rng(devices=[]):
-            make_flow(flow, 2, num_transforms=1, **flow_options)
+            make_flow(flow, 2, num_transforms=1, **{**family.guide_defaults, **flow_options})
         self.flow_name = flow
         #: whether the family can represent several modes (fit tempers such guides)
         self.multimodal = family.multimodal
         self.num_transforms = num_transforms
-        self.flow_options = dict(flow_options)
+        self.flow_options = {**family.guide_defaults, **flow_options}
         super().__init__(model, init_loc_fn=init_loc_fn, init_scale=init_scale, init=init)
 
     def settings(self) -> dict[str, object]:

@@ -36,8 +36,9 @@ class AutoIAF(AutoFlow):
             consecutive layers (buffers, saved in ``state_dict()``).
         init_loc_fn: per-site initialization (default ``init_to_median``).
         init_scale: initial posterior scale in unconstrained space (default 0.1).
-        skip_connection: a direct masked linear path in each MADE, so Gaussian dependencies are
-            represented exactly (default ``"auto"``: kept while it has at most 4M weights).
+        skip_connection: a direct masked linear path in each MADE (default False: the guide's
+            full-rank affine stage represents linear dependencies; measured, the path only
+            added noise and cost).
         log_scale_bounds: the smooth bounds of each layer's log-scale (default ``(-4, 1)``).
 
     Example:
@@ -56,7 +57,7 @@ class AutoIAF(AutoFlow):
         init_loc_fn=init_to_median,
         init_scale: float = 0.1,
         init: Literal["laplace", "median"] = "laplace",
-        skip_connection: bool | str = "auto",
+        skip_connection: bool | str = False,
         log_scale_bounds: tuple[float, float] = (-4.0, 1.0),
     ):
         super().__init__(

@@ -22,12 +22,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import pyro
 import torch
 from pyro import poutine
 from pyro.util import get_rng_state, set_rng_state
 from torch.distributions import biject_to
 
-from pyroflows._pyro_internals import unpack_latent
+from pyroflows._pyro_internals import is_subsample_site, unpack_latent
 
 __all__ = ["Start", "laplace_start", "unconstrained_log_joint"]
 
@@ -79,6 +80,51 @@ def unconstrained_log_joint(guide, z: torch.Tensor, args: tuple, kwargs: dict) -
             *args, **kwargs
         )
     return trace.log_prob_sum() + log_jacobian
+
+
+def batched_log_joint(guide, z: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor:
+    """:func:`unconstrained_log_joint` of ``n`` points at once, ``z`` of shape ``(n, D)``: one
+    run of the model inside a plate over the points, outside the model's own plates. Raises
+    (a ``ValueError`` or ``RuntimeError`` from the model) if the model is not
+    vectorization-safe; the caller then scores the points one by one."""
+    with torch.no_grad(), poutine.block():
+        full = poutine.trace(guide.model).get_trace(*args, **kwargs)
+    nesting = max(
+        (-frame.dim for site in full.nodes.values() if site["type"] == "sample"
+         for frame in site["cond_indep_stack"] if frame.vectorized),
+        default=0,
+    )
+    count = z.shape[0]
+    z = z.reshape((count,) + (1,) * nesting + z.shape[-1:])
+    values = {}
+    log_jacobian = z.new_zeros(count)
+    for site, unconstrained in unpack_latent(guide, z):
+        transform = biject_to(site["fn"].support)
+        value = transform(unconstrained)
+        log_jacobian = log_jacobian + _per_point(
+            transform.log_abs_det_jacobian(unconstrained, value), count, nesting
+        )
+        values[site["name"]] = value
+    with poutine.block(), pyro.plate("_start_draws", count, dim=-(nesting + 1)):
+        trace = poutine.trace(poutine.condition(guide.model, data=values)).get_trace(
+            *args, **kwargs
+        )
+    trace.compute_log_prob()
+    total = log_jacobian
+    for site in trace.nodes.values():
+        if site["type"] == "sample" and not is_subsample_site(site):
+            total = total + _per_point(site["log_prob"], count, nesting)
+    return total
+
+
+def _per_point(log_prob: torch.Tensor, count: int, nesting: int) -> torch.Tensor:
+    """Sums a batched log-density over every axis but the points' (at ``-(nesting + 1)``)."""
+    width = nesting + 1
+    if log_prob.dim() < width:
+        log_prob = log_prob.reshape((1,) * (width - log_prob.dim()) + log_prob.shape)
+    dims = [d for d in range(log_prob.dim()) if d != log_prob.dim() - width]
+    summed = log_prob.sum(dims) if dims else log_prob
+    return summed.reshape(-1).expand(count)
 
 
 def _subsampled_plate(guide, args: tuple, kwargs: dict) -> str | None:

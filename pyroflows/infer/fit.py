@@ -305,7 +305,8 @@ def fit(
       ``lr · lr_decay`` over the ``N`` steps instead, and the same test says at the end whether
       the free energy was still falling;
     * ``anneal_steps="auto"``: 500 steps of tempering (below) for guides that can represent
-      several modes (``guide.multimodal``: NAF and spline flows), none for the others.
+      several modes (``guide.multimodal``: NAF and spline flows; at most a quarter of a fixed
+      ``steps``), none for the others.
 
     A tqdm bar shows the running free energy (by default only when stderr is a terminal). After
     fitting, ``report_samples`` fresh draws (default 4000, as for :func:`~pyroflows.diagnose`)
@@ -397,6 +398,8 @@ def fit(
     )
     if anneal_steps == "auto":
         anneal_steps = AUTO_ANNEAL_STEPS if getattr(guide, "multimodal", False) else 0
+        if not auto_steps:  # a short fixed run tempers its first quarter at most
+            anneal_steps = min(anneal_steps, steps // 4)
     anneal_steps = check_count("anneal_steps", anneal_steps, minimum=0, why=' (or "auto")')
     if anneal_steps > (max_steps if auto_steps else steps):
         raise ValueError(

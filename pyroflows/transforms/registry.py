@@ -19,8 +19,9 @@ transformer (or conditioner) class and one :func:`register_flow` call:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -74,6 +75,8 @@ class FlowFamily:
         identity_at_init: a fresh flow is exactly the identity (else ``x ≈ c·u`` near 0).
         multimodal: its layers bend a Gaussian into several modes (NAF, splines): ``fit``
             tempers such guides by default.
+        guide_defaults: options a guide of this family uses unless told otherwise (e.g. no
+            MADE skip path: a guide's affine stage already carries linear dependencies).
     """
 
     name: str
@@ -86,6 +89,7 @@ class FlowFamily:
     inverse: str
     identity_at_init: bool = True
     multimodal: bool = False
+    guide_defaults: dict = field(default_factory=dict)
 
 
 _FLOWS: dict[str, FlowFamily] = {}
@@ -102,6 +106,7 @@ def register_flow(
     default_num_transforms: int = 2,
     identity_at_init: bool = True,
     multimodal: bool = False,
+    guide_defaults: dict | None = None,
 ):
     """Decorator registering a builder ``(dim, context_dim, num_transforms, **options)`` that
     returns the list of layers of one flow (see the module docstring for an example)."""
@@ -111,7 +116,7 @@ def register_flow(
             raise ValueError(f"a flow family is already registered as {name!r}")
         _FLOWS[name] = FlowFamily(
             name, build, default_num_transforms, one_pass_sampling, paper, sampling_cost,
-            density_cost, inverse, identity_at_init, multimodal,
+            density_cost, inverse, identity_at_init, multimodal, dict(guide_defaults or {}),
         )
         return build
 
@@ -278,6 +283,11 @@ def _affine_like(update: str, log_scale_bounds, gate_bias) -> Callable[[], Trans
 
 # ---- the families ---------------------------------------------------------------------------
 
+#: a guide's affine stage is full rank (see pyroflows.transforms.AffineStage): the MADE's direct
+#: linear path would duplicate it; measured on the development targets, dropping it lowered the
+#: KL (10-D regression 0.031 -> 0.013, banana 0.35 -> 0.10 for AutoIAF) and saves ~15% a step
+_GUIDE_AUTOREGRESSIVE = {"skip_connection": False}
+
 _AR_DENSITY = "1 pass (MADE)"
 _AR_SEQUENTIAL = "D sequential passes"
 
@@ -304,6 +314,7 @@ register_flow(
     sampling_cost=_AR_DENSITY,
     density_cost=_AR_SEQUENTIAL,
     inverse="closed form per pass",
+    guide_defaults=_GUIDE_AUTOREGRESSIVE,
 )(_affine_autoregressive("iaf"))
 register_flow(
     "maf",
@@ -324,16 +335,19 @@ register_flow(
     inverse="bisection per pass",
     identity_at_init=False,
     multimodal=True,
+    guide_defaults=_GUIDE_AUTOREGRESSIVE,
 )
 def _build_naf(
     dim, context_dim, num_transforms, *, transformer="dsf", hidden_units=8, depth=2,
-    max_log_slope=7.0, **options,
+    max_log_slope=7.0, max_offset=math.inf, max_logit=math.inf, **options,
 ):
-    SigmoidalTransformer(transformer, hidden_units, depth, max_log_slope)  # validates
-    return autoregressive_stack(
-        dim, context_dim, num_transforms,
-        lambda: SigmoidalTransformer(transformer, hidden_units, depth, max_log_slope), **options,
-    )
+    def make():
+        return SigmoidalTransformer(
+            transformer, hidden_units, depth, max_log_slope, max_offset, max_logit
+        )
+
+    make()  # validates
+    return autoregressive_stack(dim, context_dim, num_transforms, make, **options)
 
 
 @register_flow(
@@ -344,16 +358,22 @@ def _build_naf(
     density_cost=_AR_SEQUENTIAL + " (direction='iaf'); 1 pass with direction='maf' or coupling",
     inverse="closed form (quadratic root) per pass",
     multimodal=True,
+    guide_defaults=_GUIDE_AUTOREGRESSIVE,
 )
 def _build_nsf(
     dim, context_dim, num_transforms, *, num_bins=8, bound=4.0,
-    structure: Literal["autoregressive", "coupling"] = "autoregressive", **options,
+    structure: Literal["autoregressive", "coupling"] = "autoregressive",
+    skip_connection: bool | str = "auto", **options,
 ):
     SplineTransformer(num_bins, bound)  # validates
     make = lambda: SplineTransformer(num_bins, bound)  # noqa: E731
     if structure == "autoregressive":
-        return autoregressive_stack(dim, context_dim, num_transforms, make, **options)
+        return autoregressive_stack(
+            dim, context_dim, num_transforms, make, skip_connection=skip_connection, **options
+        )
     if structure == "coupling":
+        if skip_connection is True:
+            raise ValueError("skip_connection is a MADE option: coupling layers have no MADE")
         return coupling_stack(dim, context_dim, num_transforms, make, **options)
     raise ValueError(f"structure must be 'autoregressive' or 'coupling', got {structure!r}")
 

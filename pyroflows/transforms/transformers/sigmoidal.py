@@ -22,6 +22,11 @@ __all__ = ["SigmoidalTransformer", "sigmoidal_stage_dims"]
 _SOFTPLUS_ONE = math.log(math.e - 1.0)  # softplus(_SOFTPLUS_ONE) = 1
 
 
+def _soft_bound(x: torch.Tensor, bound: float) -> torch.Tensor:
+    """``bound · tanh(x / bound)``: the identity near 0, smoothly kept in ``(-bound, bound)``."""
+    return x if math.isinf(bound) else bound * torch.tanh(x / bound)
+
+
 def _log_softplus(x: torch.Tensor) -> torch.Tensor:
     """``log softplus(x)`` without underflow for very negative ``x`` (where it tends to x)."""
     return torch.where(x < -20.0, x, torch.log(F.softplus(x).clamp_min(1e-30)))
@@ -37,8 +42,13 @@ class _Stage:
     start: int
 
     @property
+    def mixing_size(self) -> int:
+        """Logits of the row-stochastic ``U`` (none for a scalar input: ``U = 1``)."""
+        return self.m * self.d_in if self.d_in > 1 else 0
+
+    @property
     def size(self) -> int:
-        return 2 * self.m + self.m * self.d_in + self.d_out * self.m
+        return 2 * self.m + self.mixing_size + self.d_out * self.m
 
 
 def sigmoidal_stage_dims(kind: str, hidden_units: int, depth: int) -> list[tuple[int, int, int]]:
@@ -81,6 +91,8 @@ class SigmoidalTransformer(Transformer):
         hidden_units: int = 8,
         depth: int = 2,
         max_log_slope: float = 7.0,
+        max_offset: float = math.inf,
+        max_logit: float = math.inf,
     ):
         if kind not in ("dsf", "ddsf"):
             raise ValueError(f"transformer must be 'dsf' or 'ddsf', got {kind!r}")
@@ -107,6 +119,8 @@ class SigmoidalTransformer(Transformer):
         self.hidden_units = hidden_units
         self.depth = depth if kind == "ddsf" else 1
         self.max_log_slope = float(max_log_slope)
+        self.max_offset = float(max_offset)
+        self.max_logit = float(max_logit)
         self._stages = stages
         with torch.no_grad():
             _, log_slope = self(torch.zeros(1, 1), torch.zeros(1, self.num_params, 1))
@@ -117,34 +131,48 @@ class SigmoidalTransformer(Transformer):
         return self._initial_slope
 
     def _forward(self, x, params, need_log_slope):
-        params = params.movedim(-1, -2)  # (..., D, P)
-        h = x.unsqueeze(-1)  # (..., D, 1): the stage input
+        # layout (..., units, D): the coordinates stay in the last, contiguous axis and every
+        # softmax and logsumexp runs over the units (axis -2), vectorized across coordinates
+        h = x.unsqueeze(-2)  # (..., 1, D): the stage input
         log_jac = torch.zeros_like(h)  # log dh/dx, elementwise (every h_j increases with x)
         bound = self.max_log_slope
         for stage in self._stages:
             m, d_in, s = stage.m, stage.d_in, stage.start
-            log_a = bound * torch.tanh(params[..., s : s + m] / bound)
-            b = params[..., s + m : s + 2 * m]
-            log_u = F.log_softmax(
-                params[..., s + 2 * m : s + 2 * m + m * d_in].unflatten(-1, (m, d_in)), dim=-1
-            )
+            log_a = bound * torch.tanh(params[..., s : s + m, :] / bound)  # (..., m, D)
+            b = _soft_bound(params[..., s + m : s + 2 * m, :], self.max_offset)
+            w_start = s + 2 * m + stage.mixing_size
             log_w = F.log_softmax(
-                params[..., s + 2 * m + m * d_in : s + stage.size].unflatten(-1, (stage.d_out, m)),
-                dim=-1,
-            )
-            mixed = (log_u.exp() * h.unsqueeze(-2)).sum(-1)  # U h, (..., D, m)
+                _soft_bound(
+                    params[..., w_start : s + stage.size, :], self.max_logit
+                ).unflatten(-2, (stage.d_out, m)),
+                dim=-2,
+            )  # (..., d_out, m, D)
+            if d_in == 1:  # U = 1: the scalar input feeds every unit
+                mixed, log_mixed_jac = h, log_jac  # (..., 1, D), broadcast over the m units
+            else:
+                log_u = F.log_softmax(
+                    _soft_bound(params[..., s + 2 * m : w_start, :], self.max_logit).unflatten(
+                        -2, (m, d_in)
+                    ),
+                    dim=-2,
+                )  # (..., m, d_in, D)
+                mixed = (log_u.exp() * h.unsqueeze(-3)).sum(-2)  # U h, (..., m, D)
+                log_mixed_jac = (
+                    torch.logsumexp(log_u + log_jac.unsqueeze(-3), dim=-2)
+                    if need_log_slope else None
+                )
             pre = torch.exp(log_a) * mixed + b
             log_sig, log_one_minus = F.logsigmoid(pre), F.logsigmoid(-pre)
-            log_s = torch.logsumexp(log_w + log_sig.unsqueeze(-2), dim=-1)  # (..., D, d_out)
-            log_1ms = torch.logsumexp(log_w + log_one_minus.unsqueeze(-2), dim=-1)
+            log_s = torch.logsumexp(log_w + log_sig.unsqueeze(-3), dim=-2)  # (..., d_out, D)
+            log_1ms = torch.logsumexp(log_w + log_one_minus.unsqueeze(-3), dim=-2)
             h = log_s - log_1ms  # σ⁻¹(s) = log s - log(1 - s)
             if need_log_slope:
-                log_pre_jac = log_a + torch.logsumexp(log_u + log_jac.unsqueeze(-2), dim=-1)
+                log_pre_jac = log_a + log_mixed_jac
                 log_ds = torch.logsumexp(
-                    log_w + (log_sig + log_one_minus + log_pre_jac).unsqueeze(-2), dim=-1
+                    log_w + (log_sig + log_one_minus + log_pre_jac).unsqueeze(-3), dim=-2
                 )
                 log_jac = log_ds - log_s - log_1ms
-        return h.squeeze(-1), (log_jac.squeeze(-1) if need_log_slope else None)
+        return h.squeeze(-2), (log_jac.squeeze(-2) if need_log_slope else None)
 
     def extra_repr(self) -> str:
         extra = f", depth={self.depth}" if self.kind == "ddsf" else ""
