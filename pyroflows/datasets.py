@@ -207,8 +207,13 @@ def load_density_data(
     validation = data[order[num_test : num_test + num_validation]]
     train = data[order[num_test + num_validation :]]
     mean, sd = train.mean(0), train.std(0, ddof=1)
-    info.update(rows=len(data), columns_kept=len(columns), train_rows=len(train),
-                validation_rows=len(validation), test_rows=len(test))
+    info.update(
+        rows=len(data),
+        columns_kept=len(columns),
+        train_rows=len(train),
+        validation_rows=len(validation),
+        test_rows=len(test),
+    )
 
     def prepare(part: np.ndarray) -> torch.Tensor:
         return torch.as_tensor((part - mean) / sd, dtype=dtype)

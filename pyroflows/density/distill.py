@@ -18,7 +18,7 @@ from pyroflows._validation import check_count, check_flag, check_positive, check
 from pyroflows.density.fit import (
     DEFAULT_NUM_TRANSFORMS,
     NonFiniteDensityLossError,
-    _gradients_are_finite,
+    _backward_checked,
     _seeded,
 )
 from pyroflows.density.model import DensityModel, FitHistory, FittedDensity, build_flow
@@ -85,9 +85,11 @@ class Distilled(NamedTuple):
 
 def _clock(device: torch.device):
     if device.type == "cuda":
+
         def wall() -> float:
             torch.cuda.synchronize(device)
             return time.perf_counter()
+
         return wall, "wall time after cuda synchronize"
     if torch.get_num_threads() == 1:
         return time.thread_time, "CPU time of the calling thread (1 torch thread)"
@@ -143,7 +145,11 @@ def _reference(teacher) -> torch.Tensor:
 
 
 def _student_from_family(
-    name: str, teacher, dim: int, num_transforms: int | None, options: dict,
+    name: str,
+    teacher,
+    dim: int,
+    num_transforms: int | None,
+    options: dict,
     moment_draws: int,
 ) -> FittedDensity:
     family = flow_family(name)
@@ -155,8 +161,13 @@ def _student_from_family(
         )
     if num_transforms is None:
         num_transforms = max(DEFAULT_NUM_TRANSFORMS, family.default_num_transforms)
-    spec = {"family": family.name, "dim": dim, "context_dim": 0,
-            "num_transforms": num_transforms, "options": dict(options)}
+    spec = {
+        "family": family.name,
+        "dim": dim,
+        "context_dim": 0,
+        "num_transforms": num_transforms,
+        "options": dict(options),
+    }
     stack = build_flow(spec)
     stack.family = family.name
     teacher_model = getattr(teacher, "model", None)
@@ -288,23 +299,33 @@ def distill(
                     f"teacher over ({dim},)"
                 )
             for transform in student.transforms:
-                module = transform if isinstance(transform, nn.Module) else getattr(
-                    transform, "layer", None)
+                module = (
+                    transform
+                    if isinstance(transform, nn.Module)
+                    else getattr(transform, "layer", None)
+                )
                 layers = module.modules() if isinstance(module, nn.Module) else []
-                if any(isinstance(layer, AutoregressiveTransform) and layer.direction == "maf"
-                       for layer in layers):
+                if any(
+                    isinstance(layer, AutoregressiveTransform) and layer.direction == "maf"
+                    for layer in layers
+                ):
                     raise ValueError(
                         "the student has a layer in the MAF direction, which samples in D "
                         "sequential passes: distill into an IAF-direction flow"
                     )
         else:
             raise TypeError(
-                "student must be a family name or a FlowDistribution, got "
-                f"{type(student).__name__}"
+                f"student must be a family name or a FlowDistribution, got {type(student).__name__}"
             )
         report = _train_student(
-            teacher, student, steps=steps, batch_size=batch_size, lr=lr, lr_decay=lr_decay,
-            clip_value=clip_value, progress=progress,
+            teacher,
+            student,
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            lr_decay=lr_decay,
+            clip_value=clip_value,
+            progress=progress,
         )
         kl, kl_se = kl_estimate(student, teacher, kl_draws)
     report.kl, report.kl_se, report.num_draws = kl, kl_se, kl_draws
@@ -312,8 +333,7 @@ def distill(
         report.teacher_seconds, report.clock = sampling_seconds(
             teacher, timing_draws, timing_repeats, device
         )
-        report.student_seconds, _ = sampling_seconds(student, timing_draws, timing_repeats,
-                                                     device)
+        report.student_seconds, _ = sampling_seconds(student, timing_draws, timing_repeats, device)
         report.timing_draws = timing_draws
     return Distilled(student, report)
 
@@ -360,17 +380,8 @@ def _train_student(teacher, student, *, steps, batch_size, lr, lr_decay, clip_va
         for step in range(1, steps + 1):
             x = student.rsample((batch_size,))
             loss = (student.log_prob(x) - teacher.log_prob(x)).mean()
-            optimizer.zero_grad(set_to_none=True)
-            value = float(loss.detach())
-            problem = None
-            if not math.isfinite(value):
-                problem = f"the loss became {value}"
-            else:
-                loss.backward()
-                if not _gradients_are_finite(params):
-                    problem = "a gradient became non-finite"
+            value, problem = _backward_checked(loss, params, optimizer)
             if problem is not None:
-                optimizer.zero_grad(set_to_none=True)
                 report.steps = step - 1
                 if isinstance(student, FittedDensity):
                     student.history.stopped_by = f"stopped at step {step}: {problem}"
@@ -409,7 +420,12 @@ def _train_student(teacher, student, *, steps, batch_size, lr, lr_decay, clip_va
         history.stopped_by = f"steps={steps} done (distillation: reverse KL to the teacher)"
         history.wall_seconds = report.wall_seconds
         history.settings = {
-            "optimizer": "Adam", "lr": lr, "lr_decay": lr_decay, "batch_size": batch_size,
-            "steps": steps, "clip_value": clip_value, "objective": "reverse KL",
+            "optimizer": "Adam",
+            "lr": lr,
+            "lr_decay": lr_decay,
+            "batch_size": batch_size,
+            "steps": steps,
+            "clip_value": clip_value,
+            "objective": "reverse KL",
         }
     return report

@@ -84,7 +84,10 @@ def _has_batch_norm(flow: FlowStack) -> bool:
 
 
 def _spec_and_flow(
-    flow: str | Sequence[Transform], dim: int, context_dim: int, num_transforms: int | None,
+    flow: str | Sequence[Transform],
+    dim: int,
+    context_dim: int,
+    num_transforms: int | None,
     options: dict,
 ) -> tuple[dict, FlowStack]:
     """The flow to fit and the spec that rebuilds it (``family`` None for a list of layers)."""
@@ -93,8 +96,11 @@ def _spec_and_flow(
         if num_transforms is None:
             num_transforms = max(DEFAULT_NUM_TRANSFORMS, family.default_num_transforms)
         spec = {
-            "family": family.name, "dim": dim, "context_dim": context_dim,
-            "num_transforms": num_transforms, "options": dict(options),
+            "family": family.name,
+            "dim": dim,
+            "context_dim": context_dim,
+            "num_transforms": num_transforms,
+            "options": dict(options),
         }
         if "direction" not in options:
             # the density direction (one pass per layer) wherever the family has a direction
@@ -135,8 +141,13 @@ def _spec_and_flow(
                 "columns"
             )
     stack = FlowStack(list(flow), dim, context_dim)
-    spec = {"family": None, "dim": dim, "context_dim": context_dim,
-            "num_transforms": len(flow), "options": {}}
+    spec = {
+        "family": None,
+        "dim": dim,
+        "context_dim": context_dim,
+        "num_transforms": len(flow),
+        "options": {},
+    }
     return spec, stack
 
 
@@ -151,13 +162,14 @@ def _held_out(validation, context_given: bool, like: torch.Tensor, context_like)
         h = as_matrix("validation context", validation[1], context_like)
         check_context_rows(x, h, " (validation)")
         return x, h
-    if isinstance(validation, torch.Tensor) or hasattr(validation, "__array__") or isinstance(
-        validation, list | tuple
+    if (
+        isinstance(validation, torch.Tensor)
+        or hasattr(validation, "__array__")
+        or isinstance(validation, list | tuple)
     ):
         if context_given:
             raise ValueError(
-                "held-out validation data of a conditional density must be a pair "
-                "(data, context)"
+                "held-out validation data of a conditional density must be a pair (data, context)"
             )
         return as_matrix("validation data", validation, like), None
     return None
@@ -255,8 +267,10 @@ def fit_density(
     context_dim = 0 if context_tensor is None else context_tensor.shape[1]
     batch_size = check_count("batch_size", batch_size, minimum=1)
     lr = check_positive("lr", lr, why=" (Adam's step size, e.g. 1e-3)")
-    if isinstance(weight_decay, bool) or not isinstance(weight_decay, int | float) or not (
-        weight_decay >= 0
+    if (
+        isinstance(weight_decay, bool)
+        or not isinstance(weight_decay, int | float)
+        or not (weight_decay >= 0)
     ):
         raise ValueError(f"weight_decay must be a number >= 0, got {weight_decay!r}")
     max_epochs = check_count("max_epochs", max_epochs, minimum=1)
@@ -275,9 +289,7 @@ def fit_density(
         train_x, train_h = data, context_tensor
         val_x, val_h = held_out
         if val_x.shape[1] != dim:
-            raise ValueError(
-                f"validation data have {val_x.shape[1]} columns but data have {dim}"
-            )
+            raise ValueError(f"validation data have {val_x.shape[1]} columns but data have {dim}")
         if val_h is not None and val_h.shape[1] != context_dim:
             raise ValueError(
                 f"validation context has {val_h.shape[1]} columns but context has {context_dim}"
@@ -307,20 +319,30 @@ def fit_density(
     if train_h is not None:
         context_shift, context_scale = train_h.mean(0), train_h.std(0)
         if train_h.shape[0] < 2 or not standardize:
-            context_shift, context_scale = torch.zeros_like(train_h[0]), torch.ones_like(
-                train_h[0]
-            )
-        context_scale = torch.where(context_scale > 0, context_scale, torch.ones_like(
-            context_scale))
+            context_shift, context_scale = torch.zeros_like(train_h[0]), torch.ones_like(train_h[0])
+        context_scale = torch.where(
+            context_scale > 0, context_scale, torch.ones_like(context_scale)
+        )
 
     with _seeded(seed, data.device):
         spec, stack = _spec_and_flow(flow, dim, context_dim, num_transforms, options)
         model = DensityModel(stack, shift, scale, context_shift, context_scale)
         model.to(device=data.device, dtype=data.dtype)
         history = _train(
-            model, spec, train_x, train_h, val_x, val_h, generator,
-            batch_size=batch_size, lr=lr, weight_decay=weight_decay, max_epochs=max_epochs,
-            patience=patience, clip_value=clip_value, progress=progress,
+            model,
+            spec,
+            train_x,
+            train_h,
+            val_x,
+            val_h,
+            generator,
+            batch_size=batch_size,
+            lr=lr,
+            weight_decay=weight_decay,
+            max_epochs=max_epochs,
+            patience=patience,
+            clip_value=clip_value,
+            progress=progress,
         )
     if context_tensor is not None:
         return ConditionalFittedDensity(model, spec, history)
@@ -343,24 +365,63 @@ def _gradients_are_finite(params: list[torch.Tensor]) -> bool:
     return not sums or bool(torch.isfinite(torch.stack(sums).sum()))
 
 
+def _backward_checked(
+    loss: torch.Tensor, params: list[torch.Tensor], optimizer: torch.optim.Optimizer
+) -> tuple[float, str | None]:
+    """Clears the gradients and backpropagates ``loss``: ``(its value, None)`` when the loss and
+    every gradient are finite, else ``(value, what became non-finite)`` with the gradients
+    cleared again, so that the caller's ``optimizer.step()`` is skipped without a trace."""
+    optimizer.zero_grad(set_to_none=True)
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        return value, f"the loss became {value}"
+    loss.backward()
+    if not _gradients_are_finite(params):
+        optimizer.zero_grad(set_to_none=True)
+        return value, "a gradient became non-finite"
+    return value, None
+
+
 def _state(model: torch.nn.Module) -> dict:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def _train(
-    model: DensityModel, spec: dict, train_x, train_h, val_x, val_h, generator, *, batch_size,
-    lr, weight_decay, max_epochs, patience, clip_value, progress,
+    model: DensityModel,
+    spec: dict,
+    train_x,
+    train_h,
+    val_x,
+    val_h,
+    generator,
+    *,
+    batch_size,
+    lr,
+    weight_decay,
+    max_epochs,
+    patience,
+    clip_value,
+    progress,
 ) -> FitHistory:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     num_rows = train_x.shape[0]
     num_batches = max(1, math.ceil(num_rows / batch_size))
     validating = val_x.shape[0] > 0
-    history = FitHistory(settings={
-        "optimizer": "Adam", "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size,
-        "batches_per_epoch": num_batches, "max_epochs": max_epochs, "patience": patience,
-        "clip_value": clip_value, "train_rows": num_rows, "validation_rows": val_x.shape[0],
-    })
+    history = FitHistory(
+        settings={
+            "optimizer": "Adam",
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "batch_size": batch_size,
+            "batches_per_epoch": num_batches,
+            "max_epochs": max_epochs,
+            "patience": patience,
+            "clip_value": clip_value,
+            "train_rows": num_rows,
+            "validation_rows": val_x.shape[0],
+        }
+    )
     if progress is None:
         progress = sys.stderr.isatty()
     name = spec.get("family") or "layers"
@@ -388,29 +449,22 @@ def _train(
             step += 1
             x = train_x[rows]
             h = None if train_h is None else train_h[rows]
-            loss = -model.log_prob(x, h).mean()
-            optimizer.zero_grad(set_to_none=True)
-            value = float(loss.detach())
-            problem = None
-            if not math.isfinite(value):
-                problem = f"the loss became {value}"
-            else:
-                loss.backward()
-                if not _gradients_are_finite(params):
-                    problem = "a gradient became non-finite"
+            value, problem = _backward_checked(-model.log_prob(x, h).mean(), params, optimizer)
             if problem is not None:
-                optimizer.zero_grad(set_to_none=True)
                 if not validating:  # the last finite step's parameters are the best we have
                     best_state = _state(model)
                 history.epochs, history.steps = epoch - 1, step - 1
                 finish(
-                    f"kept epoch {history.best_epoch}'s parameters" if history.best_epoch
+                    f"kept epoch {history.best_epoch}'s parameters"
+                    if history.best_epoch
                     else "kept the initial parameters"
                 )
-                density = (ConditionalFittedDensity(model, spec, history) if train_h is not None
-                           else FittedDensity(model, spec, history))
-                raise NonFiniteDensityLossError(step, epoch, value, problem, density,
-                                                "fit_density")
+                density = (
+                    ConditionalFittedDensity(model, spec, history)
+                    if train_h is not None
+                    else FittedDensity(model, spec, history)
+                )
+                raise NonFiniteDensityLossError(step, epoch, value, problem, density, "fit_density")
             if math.isfinite(clip_value):
                 torch.nn.utils.clip_grad_value_(params, clip_value)
             optimizer.step()

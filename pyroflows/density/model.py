@@ -243,7 +243,8 @@ class FittedDensity(_SaveLoad, FlowDistribution):
         if (context is None) != (model.context_dim == 0):
             raise ValueError(
                 "a conditional density needs a context (use ConditionalFittedDensity.condition)"
-                if context is None else "an unconditional density takes no context"
+                if context is None
+                else "an unconditional density takes no context"
             )
         batch_shape = torch.Size() if context is None else context.shape[:-1]
         flow: Transform = model.flow
@@ -267,10 +268,7 @@ class FittedDensity(_SaveLoad, FlowDistribution):
 
     def __repr__(self) -> str:
         name = self.spec.get("family") or "layers"
-        return (
-            f"FittedDensity({name}, dim={self.model.dim}, "
-            f"batch_shape={tuple(self.batch_shape)})"
-        )
+        return f"FittedDensity({name}, dim={self.model.dim}, batch_shape={tuple(self.batch_shape)})"
 
 
 class ConditionalFittedDensity(_SaveLoad, ConditionalDistribution):
@@ -329,7 +327,10 @@ def build_flow(spec: dict) -> FlowStack:
     """The flow a spec describes (``family``, ``dim``, ``context_dim``, ``num_transforms``,
     ``options``), freshly initialized."""
     return make_flow(
-        spec["family"], spec["dim"], spec["context_dim"], spec["num_transforms"],
+        spec["family"],
+        spec["dim"],
+        spec["context_dim"],
+        spec["num_transforms"],
         **spec["options"],
     )
 
@@ -379,8 +380,11 @@ def load_density(
     state = saved["state_dict"]
     shift = state["standardization.shift"]
     model = DensityModel(
-        stack, shift, state["standardization.scale"],
-        state["context_shift"], state["context_scale"],
+        stack,
+        shift,
+        state["standardization.scale"],
+        state["context_shift"],
+        state["context_scale"],
     )
     model.to(device=shift.device, dtype=shift.dtype)
     model.load_state_dict(state)

@@ -77,8 +77,12 @@ class SplineTransformer(Transformer):
             edges = 2.0 * B * edges - B
             # pin the ends exactly (the cumulative sum may drift by an ulp)
             edges = torch.cat(
-                [torch.full_like(edges[..., :1], -B), edges[..., 1:-1],
-                 torch.full_like(edges[..., :1], B)], -1
+                [
+                    torch.full_like(edges[..., :1], -B),
+                    edges[..., 1:-1],
+                    torch.full_like(edges[..., :1], B),
+                ],
+                -1,
             )
             positions.append(edges)
         inner = self.min_derivative + F.softplus(params[..., 2 * K :, :]).movedim(-2, -1)
