@@ -52,6 +52,7 @@ def test_a_fitted_density_is_a_pyro_distribution_of_the_original_data():
     # the distribution's log_prob (through its transforms) is the training loss's
     torch.testing.assert_close(density.log_prob(x), density.model.log_prob(x))
     assert density.sample((5,)).shape == (5, 2)
+
     # as a likelihood in a Pyro model
     def model(obs):
         with pyro.plate("rows", obs.shape[0]):
@@ -70,8 +71,10 @@ def test_log_prob_includes_the_standardization_jacobian():
     second = fit_density("maf", scale * data + shift, num_transforms=2, max_epochs=4, seed=3)
     x = data[:10]
     torch.testing.assert_close(
-        second.log_prob(scale * x + shift), first.log_prob(x) - 2 * math.log(scale),
-        rtol=1e-4, atol=1e-3,
+        second.log_prob(scale * x + shift),
+        first.log_prob(x) - 2 * math.log(scale),
+        rtol=1e-4,
+        atol=1e-3,
     )
 
 
@@ -112,15 +115,17 @@ def test_conditional_fit_recovers_a_gaussian_with_a_mean_linear_in_the_context()
     y = 4 * torch.rand(n, 1, generator=generator) - 2
     sd = torch.tensor([0.5, 0.3])
     correlation = 0.6
-    scale_tril = torch.tensor([[sd[0], 0.0],
-                               [correlation * sd[1], math.sqrt(1 - correlation**2) * sd[1]]])
+    scale_tril = torch.tensor(
+        [[sd[0], 0.0], [correlation * sd[1], math.sqrt(1 - correlation**2) * sd[1]]]
+    )
 
     def mean(y):
         return torch.cat([1 + 2 * y, -y], -1)
 
     x = mean(y) + torch.randn(n, 2, generator=generator) @ scale_tril.T
-    density = fit_density("maf", x, context=y, num_transforms=2, max_epochs=200, patience=10,
-                          hidden_dims=[32])
+    density = fit_density(
+        "maf", x, context=y, num_transforms=2, max_epochs=200, patience=10, hidden_dims=[32]
+    )
     assert isinstance(density, ConditionalFittedDensity)
     y_test = torch.tensor([[-1.5], [0.0], [1.5]])
     draws = density.condition(y_test).sample((4000,))  # (4000, 3, 2)
@@ -143,8 +148,14 @@ def test_early_stopping_returns_the_parameters_of_the_best_validation_loss():
     data = _gaussian_rows(40, 5)
     held_out = _gaussian_rows(400, 6)
     density = fit_density(
-        "maf", data, validation=held_out, hidden_dims=[128, 128], lr=1e-2, max_epochs=300,
-        patience=15, batch_size=40,
+        "maf",
+        data,
+        validation=held_out,
+        hidden_dims=[128, 128],
+        lr=1e-2,
+        max_epochs=300,
+        patience=15,
+        batch_size=40,
     )
     history = density.history
     assert history.stopped_by.startswith("early stopping")
@@ -165,8 +176,12 @@ def test_early_stopping_returns_the_parameters_of_the_best_validation_loss():
         (torch.randn(50), {}, ValueError, r"must be 2-D.*shape \(50,\).*data\[:, None\]"),
         (torch.randn(5, 4, 2), {}, ValueError, r"must be 2-D.*\(5, 4, 2\)"),
         ("not data", {}, TypeError, "must be a torch tensor or a NumPy array"),
-        (torch.randn(50, 2), {"context": torch.randn(49, 1)}, ValueError,
-         "context has 49 rows but data has 50"),
+        (
+            torch.randn(50, 2),
+            {"context": torch.randn(49, 1)},
+            ValueError,
+            "context has 49 rows but data has 50",
+        ),
         (torch.randn(50, 2), {"context": torch.randn(50)}, ValueError, "context must be 2-D"),
         (torch.randn(5, 2), {}, ValueError, "too few rows for the validation split"),
         (torch.randn(2, 2), {"validation": 1}, ValueError, "leaves 1 for training"),
@@ -184,8 +199,11 @@ def test_non_finite_values_are_located():
     data = torch.randn(50, 3)
     data[4, 1] = math.nan
     data[17, 2] = math.inf
-    with pytest.raises(ValueError, match=r"data holds 2 non-finite.*rows \[4, 17\].*columns "
-                                         r"\[1, 2\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"data holds 2 non-finite.*rows \[4, 17\].*columns "
+        r"\[1, 2\]",
+    ):
         fit_density("maf", data)
     context = torch.randn(50, 2)
     context[9, 0] = -math.inf
@@ -239,8 +257,9 @@ def test_save_load_of_a_list_of_layers_needs_the_layers(tmp_path):
     density.save(tmp_path / "layers.pt")
     with pytest.raises(ValueError, match="pass the same layers"):
         load_density(tmp_path / "layers.pt")
-    again = load_density(tmp_path / "layers.pt",
-                         flow=list(make_flow("realnvp", 2, num_transforms=2)))
+    again = load_density(
+        tmp_path / "layers.pt", flow=list(make_flow("realnvp", 2, num_transforms=2))
+    )
     torch.testing.assert_close(again.log_prob(data), density.log_prob(data), rtol=0, atol=0)
 
 
@@ -279,8 +298,9 @@ class _Breaks(FlowLayer):
 def test_a_non_finite_loss_names_the_step_and_keeps_the_last_finite_parameters():
     layer = _Breaks(fail_at=7)
     data = _gaussian_rows(100, 10) + 3.0
-    with pytest.raises(NonFiniteDensityLossError, match=r"loss became nan at step 7 \(epoch 2\)"
-                       ) as caught:
+    with pytest.raises(
+        NonFiniteDensityLossError, match=r"loss became nan at step 7 \(epoch 2\)"
+    ) as caught:
         fit_density([layer], data, validation=0, batch_size=20, standardize=False, lr=0.1)
     error = caught.value
     assert isinstance(error, pyroflows.NonFiniteLossError)
@@ -313,8 +333,9 @@ def test_distilling_a_gaussian_into_an_iaf_reaches_kl_zero():
     covariance = torch.tensor([[1.0, 0.9, 0.2], [0.9, 2.0, -0.3], [0.2, -0.3, 0.5]])
     loc = torch.tensor([1.0, -2.0, 0.5])
     teacher = dist.MultivariateNormal(loc, covariance)
-    student, report = distill(teacher, "iaf", steps=600, num_transforms=1, lr=1e-2,
-                              kl_draws=8000, timing_draws=200)
+    student, report = distill(
+        teacher, "iaf", steps=600, num_transforms=1, lr=1e-2, kl_draws=8000, timing_draws=200
+    )
     assert report.kl < 0.01
     assert report.kl > -3 * report.kl_se
     draws = student.sample((20000,))
@@ -324,6 +345,7 @@ def test_distilling_a_gaussian_into_an_iaf_reaches_kl_zero():
     assert student.history.steps == 600
 
 
+@pytest.mark.slow
 def test_distilling_the_banana_maf_teacher():
     """The seed's 2-D example: a 5-layer MAF teacher, a 5-layer IAF student within 0.05 nats.
     (KL(student ‖ teacher) estimates are consistent with the exact banana: both densities are
@@ -360,8 +382,9 @@ def test_banana_sample_and_log_prob_agree():
     assert float(x[:, 1].std()) == pytest.approx(2.0, abs=0.05)
 
 
-@pytest.mark.parametrize(("name", "rows", "columns"), [("digits", 1797, 64),
-                                                         ("breast_cancer", 556, 26)])
+@pytest.mark.parametrize(
+    ("name", "rows", "columns"), [("digits", 1797, 64), ("breast_cancer", 556, 26)]
+)
 def test_density_data_sets(name, rows, columns):
     pytest.importorskip("sklearn", reason="the density data sets need scikit-learn")
     from pyroflows.datasets import load_density_data
@@ -376,3 +399,53 @@ def test_density_data_sets(name, rows, columns):
     assert torch.equal(again.test, splits.test)  # the split and the noise are seeded
     with pytest.raises(ValueError, match="no density data set"):
         load_density_data("iris")
+
+
+# ---- the public names and the benchmark scripts ------------------------------------------------
+
+
+def test_the_public_names_import_from_the_top_level():
+    for name in (
+        "ConditionalFittedDensity",
+        "DistillationReport",
+        "FittedDensity",
+        "NonFiniteDensityLossError",
+        "distill",
+        "fit_density",
+        "load_density",
+    ):
+        assert name in pyroflows.__all__
+        assert getattr(pyroflows, name) is getattr(pyroflows.density, name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("script", "arguments"),
+    [
+        ("bench_density.py", ["--data-sets", "breast_cancer", "--models", "maf", "pyro-spline"]),
+        ("bench_distill.py", ["--data-sets", "banana", "--students", "iaf"]),
+    ],
+)
+def test_the_benchmark_scripts_run(script, arguments, tmp_path):
+    """A smoke run (``--quick``) of each benchmark writes its JSON and its table."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("sklearn", reason="the density data sets need scikit-learn")
+    root = Path(__file__).resolve().parents[1]
+    output = tmp_path / "result.json"
+    completed = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / script), "--quick", "--output", str(output)]
+        + arguments,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert json.loads(output.read_text())["table"]
+    assert output.with_suffix(".txt").read_text().strip()
