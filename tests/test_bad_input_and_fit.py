@@ -2,6 +2,7 @@
 free-energy report agrees with closed forms."""
 
 import math
+import warnings
 
 import pyro
 import pyro.distributions as dist
@@ -170,3 +171,20 @@ def test_an_exact_guide_is_good_not_unreliable():
     report = pyroflows.diagnostics.FreeEnergyReport.from_log_weights(log_w)
     assert report.khat == -math.inf and report.verdict == "good"
     assert abs(report.ess - 4000) < 1
+
+
+def test_a_guide_too_large_for_its_dimension_warns_with_its_size(monkeypatch):
+    """AutoNAF's conditioners grow with D (about 100M parameters at D = 2000); the guide says so
+    when it is built, with the options that shrink it. A small threshold stands in for D."""
+    from pyroflows.guides import LargeGuideWarning, base
+
+    def model():
+        pyro.sample("z", dist.Normal(torch.zeros(6), 1.0).to_event(1))
+
+    monkeypatch.setattr(base, "LARGE_GUIDE_PARAMETERS", 1000)
+    with pytest.warns(LargeGuideWarning, match=r"AutoNAF has \d+M parameters for 6 latent"):
+        AutoNAF(model, init="median")()
+    monkeypatch.setattr(base, "LARGE_GUIDE_PARAMETERS", 10**9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LargeGuideWarning)
+        AutoNAF(model, init="median")()

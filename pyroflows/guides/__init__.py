@@ -1,6 +1,11 @@
 """Flow autoguides: drop-in replacements for Pyro's AutoNormal and AutoIAFNormal."""
 
-from pyroflows.guides.base import AutoFlowGuide, GuideSetupError, NoLatentSitesError
+from pyroflows.guides.base import (
+    AutoFlowGuide,
+    GuideSetupError,
+    LargeGuideWarning,
+    NoLatentSitesError,
+)
 from pyroflows.guides.flow import AutoFlow
 from pyroflows.guides.presets import AutoIAF, AutoNAF, AutoNICE, AutoNSF, AutoPlanar, AutoRealNVP
 from pyroflows.guides.registry import (
@@ -20,6 +25,7 @@ __all__ = [
     "AutoPlanar",
     "AutoRealNVP",
     "GuideSetupError",
+    "LargeGuideWarning",
     "NoLatentSitesError",
     "available_guides",
     "get_guide_class",

@@ -13,6 +13,7 @@ so the guide starts where AutoNormal starts, not at zero.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Literal
 
@@ -42,7 +43,7 @@ from pyroflows.guides.start import (
 )
 from pyroflows.transforms.affine_stage import AffineStage
 
-__all__ = ["AutoFlowGuide", "GuideSetupError", "NoLatentSitesError"]
+__all__ = ["AutoFlowGuide", "GuideSetupError", "LargeGuideWarning", "NoLatentSitesError"]
 
 #: up to this many latent dimensions the affine stage is full rank (a lower-triangular
 #: matrix of D² numbers); above it, diagonal
@@ -51,6 +52,14 @@ FULL_AFFINE_MAX_DIM = 1000
 START_DRAWS = 64
 #: the Laplace scale is also tried shrunk by these factors
 LAPLACE_SHRINK_FACTORS = (0.5, 0.25)
+#: a guide with more parameters than this warns when it is built: with gradients and Adam's
+#: two moments, training holds about four float32 copies (1.6 GB at 100M parameters) plus
+#: the activations of every particle
+LARGE_GUIDE_PARAMETERS = 100_000_000
+
+
+class LargeGuideWarning(UserWarning):
+    """A guide's default size is large for its latent dimension (memory and time per step)."""
 
 
 class GuideSetupError(RuntimeError):
@@ -206,6 +215,7 @@ class AutoFlowGuide(AutoContinuous):
         flow = ComposeTransformModule(layers + [stage]).to(
             device=init_loc.device, dtype=init_loc.dtype
         )
+        _warn_if_large(type(self).__name__, flow, self.latent_dim)
         self.start = self._choose_start(candidates, flow, stage, initial_scale, args, kwargs)
         self.flow = flow
         self._share_parameters_with_param_store()
@@ -391,6 +401,24 @@ class AutoFlowGuide(AutoContinuous):
         self._require_setup("median", args, kwargs)
         quantiles = self.quantiles([0.5], *args, num_samples=num_samples, seed=seed, **kwargs)
         return {name: value[0] for name, value in quantiles.items()}
+
+
+def _warn_if_large(guide_name: str, flow: torch.nn.Module, latent_dim: int) -> None:
+    """Warns (:class:`LargeGuideWarning`) when ``flow`` holds more than
+    :data:`LARGE_GUIDE_PARAMETERS` numbers, naming its size and the options that shrink it."""
+    count = sum(parameter.numel() for parameter in flow.parameters())
+    if count <= LARGE_GUIDE_PARAMETERS:
+        return
+    gigabytes = count * 4 * 4 / 1e9  # parameters, gradients, Adam's two moments in float32
+    warnings.warn(
+        f"{guide_name} has {count / 1e6:.0f}M parameters for {latent_dim} latent dimensions: "
+        f"training with Adam holds about {gigabytes:.1f} GB in float32 before activations, and "
+        "each step is slow. Its conditioners' widths grow with the dimension; to shrink it, pass "
+        "smaller hidden_dims (e.g. hidden_dims=[256]), fewer num_transforms, or use a family "
+        "with fewer parameters per dimension (AutoIAF: 2 per dimension and layer).",
+        LargeGuideWarning,
+        stacklevel=4,
+    )
 
 
 def _shrunk(start: Start, factors) -> list[Start]:
