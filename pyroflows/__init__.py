@@ -8,6 +8,15 @@ Example:
 """
 
 from pyroflows import guides
+from pyroflows.density import (
+    ConditionalFittedDensity,
+    DistillationReport,
+    FittedDensity,
+    NonFiniteDensityLossError,
+    distill,
+    fit_density,
+    load_density,
+)
 from pyroflows.diagnostics import (
     DEFAULT_NUM_DRAWS,
     Diagnosis,
@@ -37,20 +46,27 @@ __all__ = [
     *guides.__all__,
     "DEFAULT_NUM_DRAWS",
     "CheckpointError",
+    "ConditionalFittedDensity",
     "Diagnosis",
+    "DistillationReport",
+    "FittedDensity",
     "FitResult",
     "FreeEnergyReport",
     "ImportanceEstimate",
     "ModelGuideMismatchError",
     "NonFiniteDataError",
+    "NonFiniteDensityLossError",
     "NonFiniteLossError",
     "available_flows",
     "NotVectorizableWarning",
     "SubsampledPlateError",
     "diagnose",
+    "distill",
     "fit",
+    "fit_density",
     "free_energy_report",
     "importance_log_likelihood",
+    "load_density",
     "make_flow",
     "to_inference_data",
 ]
