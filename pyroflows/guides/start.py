@@ -33,7 +33,7 @@ from pyroflows._pyro_internals import is_subsample_site, unpack_latent
 __all__ = ["Start", "laplace_start", "unconstrained_log_joint"]
 
 #: above this many latent dimensions the Laplace start uses the Hessian's diagonal only
-FULL_HESSIAN_MAX_DIM = 500
+FULL_HESSIAN_MAX_DIM = 1000
 
 
 @dataclass
@@ -214,7 +214,7 @@ def _laplace_start(guide, init_loc, init_scale, args, kwargs, full_hessian_max_d
     details = {"lbfgs_evaluations": evaluations, "map_log_joint": -value}
     try:
         if dim <= full_hessian_max_dim:
-            hessian = torch.autograd.functional.hessian(negative, z_map)
+            hessian = _hessian_by_rows(negative, z_map)
             hessian = 0.5 * (hessian + hessian.T)
             chol = torch.linalg.cholesky_ex(hessian)
             if chol.info == 0:
@@ -248,6 +248,20 @@ def _laplace_start(guide, init_loc, init_scale, args, kwargs, full_hessian_max_d
         f"MAP by L-BFGS ({evaluations} evaluations); {why}", details,
     )
     return [laplace, fallback]
+
+
+def _hessian_by_rows(negative, z: torch.Tensor) -> torch.Tensor:
+    """The full Hessian from one differentiable gradient and one Hessian-vector product per
+    row (``e_iᵀ H``): memory stays that of one gradient graph, where
+    ``torch.autograd.functional.hessian`` grew with data rows × D² (7.3 GB for a logistic
+    regression with 1000 rows at D = 1000; ``benchmarks/results/laplace_start_cpu*.json``)."""
+    z = z.detach().requires_grad_(True)
+    (gradient,) = torch.autograd.grad(negative(z), z, create_graph=True)
+    rows = [
+        torch.autograd.grad(gradient[i], z, retain_graph=i + 1 < z.numel(), allow_unused=True)[0]
+        for i in range(z.numel())
+    ]
+    return torch.stack([torch.zeros_like(z) if row is None else row for row in rows]).detach()
 
 
 def _hessian_diagonal(negative, z: torch.Tensor, probes: int = 32) -> torch.Tensor:
