@@ -141,7 +141,7 @@ def to_inference_data(
         "free_energy_se": report.free_energy_se,
         "iw_bound": report.iw_bound,
         "khat": report.khat,
-        "khat_verdict": report.verdict,
+        "khat_verdict": report.khat_verdict,
         "num_samples": num_samples,
         "num_chains": num_chains,
     }

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from pyroflows._validation import check_count
 from pyroflows.diagnostics.draws import PosteriorDraws, draw_posterior
 from pyroflows.diagnostics.free_energy import _KHAT_WHY, DEFAULT_NUM_DRAWS, MIN_KHAT_DRAWS
+from pyroflows.diagnostics.modes import ModeCoverage, mode_coverage
 
 __all__ = ["Diagnosis", "diagnose"]
 
@@ -22,6 +23,12 @@ _VERDICTS = {
     "unreliable": "k-hat >= 0.7: the approximation is not to be trusted (too narrow, a missed "
     "mode or tail);\n  fit longer, use a richer guide, or use MCMC",
 }
+
+_MISSED_MODE = (
+    "the guide misses a mode that the multi-start MAP found (see mode coverage): its\n  "
+    "draws and k-hat say nothing about that mass; refit from there (init_loc_fn), use a "
+    "guide that\n  can hold several modes (AutoNAF with tempering) or MCMC"
+)
 
 
 def _coordinates(samples: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -61,6 +68,9 @@ class Diagnosis:
             k-hat < 0.5).
         raw_mean, raw_sd: per scalar coordinate (``"theta[3]"``), the guide's own moments.
         psis_mean, psis_sd: the same, importance-weighted with the PSIS-smoothed weights.
+        mode_coverage: where the guide's Laplace start found several modes, the share of the
+            posterior's mass the guide misses (:mod:`pyroflows.diagnostics.modes`); a missed
+            mode makes the verdict ``"unreliable"`` whatever k-hat says.
     """
 
     khat: float
@@ -75,6 +85,7 @@ class Diagnosis:
     raw_sd: dict[str, float]
     psis_mean: dict[str, float]
     psis_sd: dict[str, float]
+    mode_coverage: ModeCoverage | None = None
 
     @property
     def trustworthy(self) -> bool:
@@ -82,9 +93,10 @@ class Diagnosis:
         return self.verdict != "unreliable"
 
     def format(self, max_rows: int = 20) -> str:
+        missed = self.mode_coverage is not None and self.mode_coverage.missed_mode
         lines = [
             f"PSIS k-hat        {self.khat:.2f}  ({self.verdict})",
-            f"  {_VERDICTS[self.verdict]}",
+            f"  {_MISSED_MODE if missed else _VERDICTS[self.verdict]}",
             f"ESS of weights    {self.ess:.0f} / {self.num_samples}",
             f"ELBO              {self.elbo:.3f} ± {self.elbo_se:.3f}",
             f"IW bound          {self.iw_bound:.3f} ± {self.iw_bound_se:.3f}"
@@ -93,8 +105,10 @@ class Diagnosis:
                 if self.khat >= 0.5
                 else ""
             ),
-            "",
         ]
+        if self.mode_coverage is not None:
+            lines.append(f"mode coverage     {self.mode_coverage}")
+        lines.append("")
         names = list(self.raw_mean)
         width = max([len(n) for n in names] + [9])
         lines.append(
@@ -160,6 +174,8 @@ def diagnose(
     elif draws.num_samples < MIN_KHAT_DRAWS:
         raise ValueError(f"draws hold {draws.num_samples} samples{_KHAT_WHY}")
     report, smoothed = draws.weigh(args, kwargs)
+    coverage = mode_coverage(guide, args, kwargs)
+    report = replace(report, mode_coverage=coverage)
     count = draws.num_samples
     weights = torch.exp(smoothed)
     weights = weights / weights.sum()
@@ -184,4 +200,5 @@ def diagnose(
         raw_sd=raw_sd,
         psis_mean=psis_mean,
         psis_sd=psis_sd,
+        mode_coverage=coverage,
     )

@@ -8,14 +8,17 @@ For a guide q and a model p(x, z), with importance weights ``w_s = p(x, z_s) / q
   KL(q || p) in nats, tightening as K grows,
 * the PSIS k-hat of the weights (Vehtari et al.; Yao et al. 2018): below 0.5 the guide is good,
   0.5-0.7 usable with care, above 0.7 not to be trusted,
-* the effective sample size of the normalized weights.
+* the effective sample size of the normalized weights,
+* where the guide's Laplace start found several modes, the share of the posterior's mass that
+  the guide misses (:mod:`pyroflows.diagnostics.modes`): a mode the guide never visits leaves
+  no trace in its own weights.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -26,6 +29,7 @@ from pyroflows._validation import (
     describe_nonfinite_arguments,
 )
 from pyroflows.diagnostics import _arviz_compat
+from pyroflows.diagnostics.modes import ModeCoverage, mode_coverage
 from pyroflows.diagnostics.tracing import max_plate_nesting, trace_draws
 
 #: default number of guide draws for the report, ``diagnose`` and the export: one number, so that
@@ -126,6 +130,8 @@ class FreeEnergyReport:
         khat: PSIS Pareto k-hat of the weights.
         ess: effective sample size of the self-normalized weights, out of ``num_samples``.
         num_samples: the number of draws K.
+        mode_coverage: where the guide's Laplace start found several modes, the check that
+            the guide covers them (:mod:`pyroflows.diagnostics.modes`), else ``None``.
     """
 
     free_energy: float
@@ -135,6 +141,7 @@ class FreeEnergyReport:
     khat: float
     ess: float
     num_samples: int
+    mode_coverage: ModeCoverage | None = None
 
     @classmethod
     def from_log_weights(cls, log_weights: torch.Tensor) -> FreeEnergyReport:
@@ -153,7 +160,16 @@ class FreeEnergyReport:
 
     @property
     def verdict(self) -> str:
-        """Yao et al. (2018): k-hat < 0.5 good, 0.5-0.7 usable with care, > 0.7 unreliable."""
+        """Yao et al. (2018): k-hat < 0.5 good, 0.5-0.7 usable with care, > 0.7 unreliable;
+        and unreliable whatever k-hat says where the mode-coverage check finds a mode the
+        guide misses (a mode the guide never visits leaves no trace in its own weights)."""
+        if self.mode_coverage is not None and self.mode_coverage.missed_mode:
+            return "unreliable"
+        return self.khat_verdict
+
+    @property
+    def khat_verdict(self) -> str:
+        """k-hat's verdict alone (Yao et al. 2018)."""
         if self.khat < 0.5:
             return "good"
         if self.khat < 0.7:
@@ -183,9 +199,16 @@ _ROWS = [
     ("free energy F = -ELBO", lambda r: f"{r.free_energy:.3f} ± {r.free_energy_se:.3f}"),
     ("IW bound log p̂(x)", lambda r: f"{r.iw_bound:.3f}"),
     ("gap (≤ KL(q‖p))", lambda r: f"{r.kl_lower_bound:.3f}"),
-    ("PSIS k-hat", lambda r: f"{r.khat:.2f} ({r.verdict})"),
+    ("PSIS k-hat", lambda r: f"{r.khat:.2f} ({r.khat_verdict})"),
     ("ESS of weights", lambda r: f"{r.ess:.0f} / {r.num_samples}"),
 ]
+_COVERAGE_ROW = (
+    "missed mass (modes)",
+    lambda r: "" if r.mode_coverage is None else (
+        f"{r.mode_coverage.missed_mass:.2f} ± {r.mode_coverage.missed_mass_se:.2f} "
+        f"({r.mode_coverage.num_modes})" + (" MISSED" if r.mode_coverage.missed_mode else "")
+    ),
+)
 
 
 def format_reports(
@@ -197,7 +220,10 @@ def format_reports(
     ``extra_rows`` maps a row label to ``{guide name: cell}``, for figures such as wall time.
     """
     names = list(reports)
-    rows = [(label, [fmt(reports[n]) for n in names]) for label, fmt in _ROWS]
+    formats = list(_ROWS)
+    if any(report.mode_coverage is not None for report in reports.values()):
+        formats.append(_COVERAGE_ROW)
+    rows = [(label, [fmt(reports[n]) for n in names]) for label, fmt in formats]
     for label, cells in (extra_rows or {}).items():
         rows.append((label, [cells.get(n, "") for n in names]))
     label_width = max(len(label) for label, _ in rows)
@@ -260,7 +286,8 @@ def free_energy_report(
         model, guide, *args, num_samples=num_samples, batch_size=batch_size, **kwargs
     )
     check_log_weights(log_w, args, kwargs)
-    return FreeEnergyReport.from_log_weights(log_w)
+    report = FreeEnergyReport.from_log_weights(log_w)
+    return replace(report, mode_coverage=mode_coverage(guide, args, kwargs))
 
 
 _KHAT_WHY = (

@@ -37,9 +37,8 @@ from pyroflows.distributions import FlowDistribution
 from pyroflows.guides.start import (
     FULL_HESSIAN_MAX_DIM,
     Start,
-    batched_log_joint,
     laplace_start,
-    unconstrained_log_joint,
+    points_log_joint,
 )
 from pyroflows.transforms.affine_stage import AffineStage
 
@@ -442,17 +441,9 @@ def _elbo_estimate(guide, flow, args: tuple, kwargs: dict, num_draws: int) -> fl
     )
     latent = flow(noise)
     log_q = _standard_normal_like(loc).log_prob(noise) - flow.log_abs_det_jacobian(noise, latent)
-    try:
-        log_p = batched_log_joint(guide, latent, args, kwargs)
-    except (ValueError, RuntimeError):  # not vectorization-safe: one draw at a time
-        log_p = None
-    if log_p is None or log_p.shape != (num_draws,):
-        log_p = torch.empty(num_draws, dtype=loc.dtype, device=loc.device)
-        for index in range(num_draws):
-            try:
-                log_p[index] = unconstrained_log_joint(guide, latent[index], args, kwargs)
-            except (ValueError, RuntimeError):
-                return -math.inf
+    log_p = points_log_joint(guide, latent, args, kwargs)
+    if log_p is None:
+        return -math.inf
     elbo = float((log_p - log_q).mean())
     return elbo if math.isfinite(elbo) else -math.inf
 

@@ -11,14 +11,28 @@ The Laplace start (Laplace 1774; MacKay 2003, ch. 27):
 Fallbacks, each with its reason kept in :attr:`Start.reason`: above ``full_hessian_max_dim``
 (or on a Hessian that is not positive definite but has a positive diagonal) the diagonal of
 ``H``; on a failed or non-finite L-BFGS run, a subsampled data plate (a MAP on one minibatch
-is wrong), or a Hessian with a non-positive diagonal, the ``init_loc_fn`` start. Finally the
-two candidate starts are compared by their ELBO from a few hundred draws and the better one is
-kept: a mode can be a poor place to start (Neal's funnel has its mode deep in the neck, where
-the Laplace approximation is a needle), and the ELBO says so.
+is wrong), or a Hessian with a non-positive diagonal, the ``init_loc_fn`` start.
+
+Several modes (multi-start MAP): up to ``MULTISTART_MAX_DIM`` dimensions, L-BFGS also runs from
+``MULTISTART_COUNT`` more points ``z₀ + U(-2, 2)ᴰ`` around the ``init_loc_fn`` point ``z₀``
+(Stan's default initialization is ``U(-2, 2)`` on the unconstrained space), drawn from a
+generator seeded with 0. An end point within ``SAME_MODE_DISTANCE`` (Mahalanobis, under the
+covariance of a mode already found) of a known mode is that mode; each new one gets its own
+Hessian and a Laplace estimate of its mass,
+``log Z_k ≈ ℓ(z_k*) + (D/2) log 2π + ½ log det H_k⁻¹``. Modes with at least ``MODE_MIN_SHARE``
+of the total are kept, heaviest first, each a candidate start, and the list is kept in
+``Start.details["modes"]`` for the report's mode-coverage check
+(:func:`pyroflows.diagnostics.modes.mode_coverage`).
+
+Finally the candidate starts are compared by their ELBO from a few dozen draws and the best one
+is kept: a mode can be a poor place to start (Neal's funnel has its mode deep in the neck, where
+the Laplace approximation is a needle), the ELBO says so, and of two well-separated modes the
+ELBO of each one's Laplace start is about the log of its mass, so the heavier wins.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -30,10 +44,22 @@ from torch.distributions import biject_to
 
 from pyroflows._pyro_internals import is_subsample_site, unpack_latent
 
-__all__ = ["Start", "laplace_start", "unconstrained_log_joint"]
+__all__ = ["Mode", "Start", "laplace_start", "unconstrained_log_joint"]
 
 #: above this many latent dimensions the Laplace start uses the Hessian's diagonal only
 FULL_HESSIAN_MAX_DIM = 1000
+#: extra L-BFGS starts looking for other modes (Stan runs 4 chains from U(-2, 2) inits)
+MULTISTART_COUNT = 4
+#: half-width of the box around the init_loc_fn point the extra starts are drawn from
+MULTISTART_RADIUS = 2.0
+#: above this many latent dimensions no extra starts are run (each new mode costs a Hessian)
+MULTISTART_MAX_DIM = 100
+#: an L-BFGS end point this close (Mahalanobis distance) to a known mode is that mode
+SAME_MODE_DISTANCE = 1.0
+#: modes with a smaller share of the total Laplace mass are dropped
+MODE_MIN_SHARE = 0.01
+#: L-BFGS iterations for each extra start
+MULTISTART_MAX_ITERATIONS = 200
 
 
 @dataclass
@@ -115,6 +141,25 @@ def batched_log_joint(guide, z: torch.Tensor, args: tuple, kwargs: dict) -> torc
         if site["type"] == "sample" and not is_subsample_site(site):
             total = total + _per_point(site["log_prob"], count, nesting)
     return total
+
+
+def points_log_joint(guide, z: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """:func:`batched_log_joint` of the ``(n, D)`` points ``z``, or point by point where the
+    model is not vectorization-safe; ``None`` where the model cannot score a point."""
+    count = z.shape[0]
+    try:
+        log_p = batched_log_joint(guide, z, args, kwargs)
+    except (ValueError, RuntimeError):  # not vectorization-safe: one point at a time
+        log_p = None
+    if log_p is not None and log_p.shape == (count,):
+        return log_p
+    log_p = torch.empty(count, dtype=z.dtype, device=z.device)
+    for index in range(count):
+        try:
+            log_p[index] = unconstrained_log_joint(guide, z[index], args, kwargs)
+        except (ValueError, RuntimeError):
+            return None
+    return log_p
 
 
 def _per_point(log_prob: torch.Tensor, count: int, nesting: int) -> torch.Tensor:
@@ -227,7 +272,13 @@ def _laplace_start(guide, init_loc, init_scale, args, kwargs, full_hessian_max_d
                     "laplace", z_map.to(init_loc.dtype), scale.to(init_loc.dtype),
                     f"MAP by L-BFGS ({evaluations} evaluations), full Hessian", details,
                 )
-                return [laplace, fallback]
+                if dim > MULTISTART_MAX_DIM or MULTISTART_COUNT == 0:
+                    return [laplace, fallback]
+                modes = _multistart_modes(negative, init_loc.to(dtype), z_map, scale, -value)
+                details["seconds"] = time.perf_counter() - start_time
+                starts = _mode_starts(laplace, modes, init_loc.dtype)
+                fallback.details["modes"] = starts[0].details["modes"]
+                return starts + [fallback]
             curvature = hessian.diagonal()
             why = "the Hessian at the MAP is not positive definite; its diagonal is used"
         else:
@@ -277,3 +328,95 @@ def _hessian_diagonal(negative, z: torch.Tensor, probes: int = 32) -> torch.Tens
         estimate = estimate + v * hv
     return (estimate / probes).detach()
 
+
+
+@dataclass
+class Mode:
+    """A local maximum of the unconstrained log joint and its Laplace approximation.
+
+    Attributes:
+        loc: the mode ``z*``.
+        scale_tril: ``chol(H⁻¹)``.
+        log_joint: ``ℓ(z*)``.
+        log_mass: the Laplace estimate of the mode's mass,
+            ``ℓ(z*) + (D/2) log 2π + Σ log diag(scale_tril)``.
+    """
+
+    loc: torch.Tensor
+    scale_tril: torch.Tensor
+    log_joint: float
+    log_mass: float
+
+
+def _laplace_mode(z: torch.Tensor, scale_tril: torch.Tensor, log_joint: float) -> Mode:
+    dim = z.shape[0]
+    log_mass = log_joint + 0.5 * dim * math.log(2 * math.pi) + float(
+        scale_tril.diagonal().log().sum()
+    )
+    return Mode(z, scale_tril, log_joint, log_mass)
+
+
+def _multistart_modes(negative, z0: torch.Tensor, z_map: torch.Tensor, scale: torch.Tensor,
+                      log_joint: float) -> list[Mode]:
+    """The modes found by L-BFGS from the MAP's own run and ``MULTISTART_COUNT`` more starts
+    (see the module docstring), heaviest first, those below ``MODE_MIN_SHARE`` dropped."""
+    modes = [_laplace_mode(z_map, scale, log_joint)]
+    generator = torch.Generator().manual_seed(0)
+    offsets = torch.rand(MULTISTART_COUNT, z0.shape[0], generator=generator, dtype=z0.dtype)
+    for offset in offsets.to(z0.device):
+        start = z0 + MULTISTART_RADIUS * (2 * offset - 1)
+        try:
+            z, value, _ = _map_by_lbfgs(negative, start, MULTISTART_MAX_ITERATIONS)
+        except (FloatingPointError, RuntimeError, ValueError):
+            continue
+        if any(_mahalanobis(z, mode) < SAME_MODE_DISTANCE for mode in modes):
+            continue
+        try:
+            hessian = _hessian_by_rows(negative, z)
+        except RuntimeError:
+            continue
+        hessian = 0.5 * (hessian + hessian.T)
+        chol = torch.linalg.cholesky_ex(hessian)
+        if chol.info != 0:  # a saddle or a ridge: no Gaussian to put there
+            continue
+        covariance = torch.cholesky_inverse(chol.L)
+        modes.append(_laplace_mode(z, torch.linalg.cholesky(covariance), -value))
+    modes.sort(key=lambda mode: -mode.log_mass)
+    total = torch.logsumexp(torch.tensor([mode.log_mass for mode in modes]), 0)
+    return [mode for mode in modes if mode.log_mass - float(total) >= math.log(MODE_MIN_SHARE)]
+
+
+def _mahalanobis(z: torch.Tensor, mode: Mode) -> float:
+    """``|L⁻¹ (z - loc)|`` under the mode's ``scale_tril`` ``L``."""
+    difference = (z - mode.loc).unsqueeze(-1)
+    whitened = torch.linalg.solve_triangular(mode.scale_tril, difference, upper=False)
+    return float(whitened.norm())
+
+
+def _mode_starts(primary: Start, modes: list[Mode], dtype: torch.dtype) -> list[Start]:
+    """One Laplace start per mode, heaviest first; each start's ``details["modes"]`` lists them
+    all (in the guide's dtype)."""
+    kept = [
+        Mode(mode.loc.to(dtype), mode.scale_tril.to(dtype), mode.log_joint, mode.log_mass)
+        for mode in modes
+    ]
+    total = float(torch.logsumexp(torch.tensor([mode.log_mass for mode in kept]), 0))
+    primary.details["multistart"] = (
+        f"{MULTISTART_COUNT + 1} L-BFGS starts, {len(kept)} mode(s) kept"
+    )
+    starts = []
+    for rank, mode in enumerate(kept, start=1):
+        share = math.exp(mode.log_mass - total)
+        if len(kept) == 1:
+            start = primary
+            start.loc, start.scale = mode.loc, mode.scale_tril
+        else:
+            start = Start(
+                "laplace" if rank == 1 else f"laplace-mode{rank}", mode.loc, mode.scale_tril,
+                f"mode {rank} of {len(kept)} by multi-start L-BFGS (Laplace mass share "
+                f"{share:.2f}), full Hessian",
+                dict(primary.details),
+            )
+        start.details["modes"] = kept
+        starts.append(start)
+    return starts
