@@ -92,7 +92,8 @@ class FitResult:
         """The report's PSIS verdict, never better than the optimization allows: a fit whose
         free energy was still falling when it stopped is ``"not converged"`` (k-hat, computed
         from a guide that is still moving, says nothing about the posterior it is moving to);
-        one whose report suspects a missed mode is at best ``"ok"``. See :data:`VERDICT_RULE`.
+        one whose report suspects a missed mode is at best ``"ok"``, and one that misses a
+        mode the multi-start MAP found is ``"unreliable"``. See :data:`VERDICT_RULE`.
         """
         if self.report is None:
             return "no report"
@@ -244,9 +245,10 @@ AUTO_ANNEAL_STEPS = 500
 
 #: how :attr:`FitResult.verdict` combines the evidence
 VERDICT_RULE = (
-    "k-hat >= 0.7: unreliable; else a free energy still falling when the fit stopped: not "
-    "converged; else 0.5 <= k-hat < 0.7, or k-hat < 0.5 with a suspected missed mode: ok; "
-    "else good"
+    "k-hat >= 0.7, or a mode found by the multi-start MAP that the guide misses (at least 5% "
+    "of the mass, 3 standard errors above 0): unreliable; else a free energy still falling "
+    "when the fit stopped: not converged; else 0.5 <= k-hat < 0.7, or k-hat < 0.5 with an IW "
+    "bound more than half of log 2 above the ELBO: ok; else good"
 )
 
 
@@ -329,8 +331,11 @@ def fit(
     A tqdm bar shows the running free energy (by default only when stderr is a terminal). After
     fitting, ``report_samples`` fresh draws (default 4000, as for :func:`~pyroflows.diagnose`)
     give the free-energy report on the full data (``None`` or 0 skips it), and
-    :attr:`FitResult.verdict` combines its PSIS k-hat with the convergence evidence
-    (:data:`VERDICT_RULE`).
+    :attr:`FitResult.verdict` combines its PSIS k-hat with the convergence evidence and, where
+    the guide's multi-start Laplace start found several modes
+    (:mod:`pyroflows.guides.start`), with the check that the guide covers them
+    (:mod:`pyroflows.diagnostics.modes`; a missed mode is "unreliable"): see
+    :data:`VERDICT_RULE`.
 
     Annealing (Rezende & Mohamed 2015): with ``anneal_steps > 0`` the model's log density is
     multiplied by ``β`` rising linearly from ``anneal_from`` to 1 over the first
