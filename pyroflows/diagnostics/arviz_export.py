@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -13,6 +14,7 @@ from pyroflows._validation import check_count, check_flag
 from pyroflows.diagnostics import _arviz_compat
 from pyroflows.diagnostics.draws import PosteriorDraws, draw_posterior
 from pyroflows.diagnostics.free_energy import _KHAT_WHY, DEFAULT_NUM_DRAWS, MIN_KHAT_DRAWS
+from pyroflows.diagnostics.modes import mode_coverage
 
 __all__ = ["to_inference_data"]
 
@@ -67,7 +69,9 @@ def to_inference_data(
     The guide's draws are independent, so they are split into ``num_chains`` chains only so that
     ArviZ's multi-chain summaries (R-hat, ESS) run; R-hat near 1 is expected, not evidence.
     ``attrs`` record the guide class, its settings, the free energy, the importance-weighted
-    bound and k-hat from the same draws.
+    bound and k-hat from the same draws, the verdict (k-hat's, or "unreliable" where the
+    guide misses a mode that its multi-start start found) and, where it found several, the
+    missed mass and its error (:mod:`pyroflows.diagnostics.modes`).
 
     Args:
         model, guide: a model and the guide fitted to it; ``*args, **kwargs`` are the model's.
@@ -111,6 +115,7 @@ def to_inference_data(
         )
     _check_coords_and_dims(coords, dims, draws)
     report, smoothed = draws.weigh(args, kwargs)
+    coverage = mode_coverage(guide, args, kwargs)
     user_dims = {name: list(d) for name, d in (dims or {}).items()}
     variable_dims = {**{n: list(d) for n, d in draws.dims.items()}, **user_dims}
     groups: dict = {
@@ -142,6 +147,9 @@ def to_inference_data(
         "iw_bound": report.iw_bound,
         "khat": report.khat,
         "khat_verdict": report.khat_verdict,
+        "verdict": replace(report, mode_coverage=coverage).verdict,
+        "missed_mass": None if coverage is None else coverage.missed_mass,
+        "missed_mass_se": None if coverage is None else coverage.missed_mass_se,
         "num_samples": num_samples,
         "num_chains": num_chains,
     }
