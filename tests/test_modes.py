@@ -123,3 +123,26 @@ def test_pyro_guides_get_no_check():
     guide = pyro.infer.autoguide.AutoNormal(two_mode_model)
     report = pyroflows.free_energy_report(two_mode_model, guide, num_samples=200)
     assert report.mode_coverage is None
+
+
+def test_two_stops_in_one_needle_basin_are_one_mode():
+    """A needle N(0, 1e-4² I): a point 5 needle-sds from the mode is not within the
+    Mahalanobis distance, but the log joint half-way is higher than at either end (no
+    barrier), so it is the same mode; the other mixture mode, with a barrier of ~20 nats
+    between, is not."""
+    needle = start_module.Mode(torch.zeros(2), 1e-4 * torch.eye(2), 0.0, 0.0)
+
+    def negative(z):
+        return 0.5 * (z / 1e-4).pow(2).sum()
+
+    point = torch.tensor([5e-4, 0.0])
+    assert start_module._mahalanobis(point, needle) > start_module.SAME_MODE_DISTANCE
+    assert start_module._same_mode(negative, point, -float(negative(point)), needle)
+    guide = pyroflows.AutoIAF(two_mode_model)
+    guide()
+    heavy, light = guide.start.details["modes"]
+
+    def negative_mixture(z):
+        return -start_module.unconstrained_log_joint(guide, z, (), {})
+
+    assert not start_module._same_mode(negative_mixture, light.loc, light.log_joint, heavy)

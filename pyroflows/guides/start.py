@@ -17,7 +17,8 @@ Several modes (multi-start MAP): up to ``MULTISTART_MAX_DIM`` dimensions, L-BFGS
 ``MULTISTART_COUNT`` more points ``z₀ + U(-2, 2)ᴰ`` around the ``init_loc_fn`` point ``z₀``
 (Stan's default initialization is ``U(-2, 2)`` on the unconstrained space), drawn from a
 generator seeded with 0. An end point within ``SAME_MODE_DISTANCE`` (Mahalanobis, under the
-covariance of a mode already found) of a known mode is that mode; each new one gets its own
+covariance of a mode already found) of a known mode, or with no barrier of
+``SAME_MODE_BARRIER`` nats between them, is that mode; each new one gets its own
 Hessian and a Laplace estimate of its mass,
 ``log Z_k ≈ ℓ(z_k*) + (D/2) log 2π + ½ log det H_k⁻¹``. Modes with at least ``MODE_MIN_SHARE``
 of the total are kept, heaviest first, each a candidate start, and the list is kept in
@@ -56,6 +57,8 @@ MULTISTART_RADIUS = 2.0
 MULTISTART_MAX_DIM = 100
 #: an L-BFGS end point this close (Mahalanobis distance) to a known mode is that mode
 SAME_MODE_DISTANCE = 1.0
+#: ... or with a log joint half-way between them at most this many nats below the lower end
+SAME_MODE_BARRIER = 1.0
 #: modes with a smaller share of the total Laplace mass are dropped
 MODE_MIN_SHARE = 0.01
 #: L-BFGS iterations for each extra start
@@ -369,7 +372,7 @@ def _multistart_modes(negative, z0: torch.Tensor, z_map: torch.Tensor, scale: to
             z, value, _ = _map_by_lbfgs(negative, start, MULTISTART_MAX_ITERATIONS)
         except (FloatingPointError, RuntimeError, ValueError):
             continue
-        if any(_mahalanobis(z, mode) < SAME_MODE_DISTANCE for mode in modes):
+        if any(_same_mode(negative, z, -value, mode) for mode in modes):
             continue
         try:
             hessian = _hessian_by_rows(negative, z)
@@ -384,6 +387,19 @@ def _multistart_modes(negative, z0: torch.Tensor, z_map: torch.Tensor, scale: to
     modes.sort(key=lambda mode: -mode.log_mass)
     total = torch.logsumexp(torch.tensor([mode.log_mass for mode in modes]), 0)
     return [mode for mode in modes if mode.log_mass - float(total) >= math.log(MODE_MIN_SHARE)]
+
+
+def _same_mode(negative, z: torch.Tensor, log_joint: float, mode: Mode) -> bool:
+    """Whether the L-BFGS end point ``z`` (log joint ``log_joint``) lies in the basin of
+    ``mode``: within ``SAME_MODE_DISTANCE`` of it under its Laplace covariance, or with no
+    barrier between them (the log joint half-way is not ``SAME_MODE_BARRIER`` nats below the
+    lower end), as in a long flat valley or a funnel's neck, where a needle-thin Laplace
+    covariance would count two stops of one search as two modes."""
+    if _mahalanobis(z, mode) < SAME_MODE_DISTANCE:
+        return True
+    with torch.no_grad():
+        halfway = -float(negative(0.5 * (z + mode.loc)))
+    return halfway >= min(log_joint, mode.log_joint) - SAME_MODE_BARRIER
 
 
 def _mahalanobis(z: torch.Tensor, mode: Mode) -> float:
