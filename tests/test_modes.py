@@ -70,7 +70,7 @@ def test_a_guide_on_one_mode_is_reported_as_missing_the_other():
     diagnosis = pyroflows.diagnose(two_mode_model, guide, num_samples=1000)
     assert diagnosis.verdict == "unreliable" and not diagnosis.trustworthy
     assert "misses a mode" in str(diagnosis)
-    attrs = pyroflows.to_inference_data(two_mode_model, guide, num_samples=1000).posterior.attrs
+    attrs = pyroflows.to_inference_data(two_mode_model, guide, num_samples=1000)["posterior"].attrs
     assert attrs["verdict"] == "unreliable" and attrs["khat_verdict"] == "good"
     assert attrs["missed_mass"] == pytest.approx(0.4, abs=0.05)
     result = pyroflows.fit(two_mode_model, guide, steps=50, report_samples=1000)
