@@ -11,7 +11,9 @@ The Laplace start (Laplace 1774; MacKay 2003, ch. 27):
 Fallbacks, each with its reason kept in :attr:`Start.reason`: above ``full_hessian_max_dim``
 (or on a Hessian that is not positive definite but has a positive diagonal) the diagonal of
 ``H``; on a failed or non-finite L-BFGS run, a subsampled data plate (a MAP on one minibatch
-is wrong), or a Hessian with a non-positive diagonal, the ``init_loc_fn`` start.
+is wrong), a Hessian with a non-positive diagonal, or a degenerate end point (a Laplace sd
+below what the guide's dtype resolves at its coordinate: the bottom of a funnel, where the log
+joint grows without bound, not a mode), the ``init_loc_fn`` start.
 
 Several modes (multi-start MAP): up to ``MULTISTART_MAX_DIM`` dimensions, L-BFGS also runs from
 ``MULTISTART_COUNT`` more points ``z₀ + U(-2, 2)ᴰ`` around the ``init_loc_fn`` point ``z₀``
@@ -268,6 +270,10 @@ def _laplace_start(guide, init_loc, init_scale, args, kwargs, full_hessian_max_d
             if chol.info == 0:
                 covariance = torch.cholesky_inverse(chol.L)
                 scale = torch.linalg.cholesky(covariance)
+                degenerate = _degenerate(z_map, covariance.diagonal().sqrt(), init_loc.dtype)
+                if degenerate is not None:
+                    fallback.reason = degenerate
+                    return [fallback]
                 eigenvalues = torch.linalg.eigvalsh(hessian)
                 details["hessian_condition"] = float(eigenvalues[-1] / eigenvalues[0])
                 details["seconds"] = time.perf_counter() - start_time
@@ -297,11 +303,36 @@ def _laplace_start(guide, init_loc, init_scale, args, kwargs, full_hessian_max_d
     if not bool((curvature > 0).all() and torch.isfinite(curvature).all()):
         fallback.reason = "no Laplace start: the curvature at the MAP is not positive"
         return [fallback]
+    degenerate = _degenerate(z_map, curvature.rsqrt(), init_loc.dtype)
+    if degenerate is not None:
+        fallback.reason = degenerate
+        return [fallback]
     laplace = Start(
         "laplace-diagonal", z_map.to(init_loc.dtype), curvature.rsqrt().to(init_loc.dtype),
         f"MAP by L-BFGS ({evaluations} evaluations); {why}", details,
     )
     return [laplace, fallback]
+
+
+def _degenerate(z: torch.Tensor, sd: torch.Tensor, dtype: torch.dtype) -> str | None:
+    """Why the Laplace approximation at ``z`` with marginal sds ``sd`` is degenerate, or
+    ``None``: a sd below the spacing of ``dtype``'s numbers at its coordinate
+    (``eps · max(1, |z_i|)``) cannot be represented by the guide, and such a "mode" is the
+    bottom of a funnel (a horseshoe's global scale at e⁻²⁰, Neal's funnel at v = -40), where
+    the log joint grows without bound, not a posterior mode. A flow started there takes huge
+    steps in the whitened coordinates (AutoNAF turned NaN in a plain SVI loop on a horseshoe
+    regression from such a start)."""
+    spacing = torch.finfo(dtype).eps * z.abs().clamp_min(1.0)
+    too_narrow = sd < spacing
+    if not bool(too_narrow.any()):
+        return None
+    index = int(torch.nonzero(too_narrow)[0])
+    return (
+        f"no Laplace start: the MAP search ended at a degenerate point (coordinate {index} at "
+        f"{float(z[index]):.3g} has a Laplace sd of {float(sd[index]):.2g}, below what {dtype} "
+        f"resolves there; {int(too_narrow.sum())} such coordinates): the bottom of a funnel, "
+        "where the log joint grows without bound, not a posterior mode"
+    )
 
 
 def _hessian_by_rows(negative, z: torch.Tensor) -> torch.Tensor:
