@@ -22,7 +22,7 @@ Modes that L-BFGS did not find are not checked: the check is as good as the mult
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from pyro.util import get_rng_state, set_rng_state
@@ -64,9 +64,6 @@ class ModeCoverage:
             self.missed_mass >= MISSED_MASS_THRESHOLD
             and self.missed_mass > MISSED_MASS_SIGMAS * self.missed_mass_se
         )
-
-    def as_dict(self) -> dict:
-        return {**asdict(self), "missed_mode": self.missed_mode}
 
     def __str__(self) -> str:
         shares = ", ".join(f"{share:.2f}" for share in self.mode_shares)

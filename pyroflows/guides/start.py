@@ -265,10 +265,8 @@ def _laplace_start(guide, init_loc, init_scale, args, kwargs, full_hessian_max_d
     try:
         if dim <= full_hessian_max_dim:
             hessian = _hessian_by_rows(negative, z_map)
-            hessian = 0.5 * (hessian + hessian.T)
-            chol = torch.linalg.cholesky_ex(hessian)
-            if chol.info == 0:
-                covariance = torch.cholesky_inverse(chol.L)
+            covariance = _inverse_if_positive_definite(hessian)
+            if covariance is not None:
                 scale = torch.linalg.cholesky(covariance)
                 degenerate = _degenerate(z_map, covariance.diagonal().sqrt(), init_loc.dtype)
                 if degenerate is not None:
@@ -314,6 +312,13 @@ def _laplace_start(guide, init_loc, init_scale, args, kwargs, full_hessian_max_d
     return [laplace, fallback]
 
 
+def _inverse_if_positive_definite(hessian: torch.Tensor) -> torch.Tensor | None:
+    """``H⁻¹`` of a symmetric Hessian by its Cholesky factor, or ``None`` where ``H`` is not
+    positive definite (no Laplace approximation there)."""
+    chol = torch.linalg.cholesky_ex(hessian)
+    return torch.cholesky_inverse(chol.L) if chol.info == 0 else None
+
+
 def _degenerate(z: torch.Tensor, sd: torch.Tensor, dtype: torch.dtype) -> str | None:
     """Why the Laplace approximation at ``z`` with marginal sds ``sd`` is degenerate, or
     ``None``: a sd below the spacing of ``dtype``'s numbers at its coordinate
@@ -346,7 +351,8 @@ def _hessian_by_rows(negative, z: torch.Tensor) -> torch.Tensor:
         torch.autograd.grad(gradient[i], z, retain_graph=i + 1 < z.numel(), allow_unused=True)[0]
         for i in range(z.numel())
     ]
-    return torch.stack([torch.zeros_like(z) if row is None else row for row in rows]).detach()
+    hessian = torch.stack([torch.zeros_like(z) if row is None else row for row in rows]).detach()
+    return 0.5 * (hessian + hessian.T)  # symmetric up to rounding; exactly so from here
 
 
 def _hessian_diagonal(negative, z: torch.Tensor, probes: int = 32) -> torch.Tensor:
@@ -409,11 +415,9 @@ def _multistart_modes(negative, z0: torch.Tensor, z_map: torch.Tensor, scale: to
             hessian = _hessian_by_rows(negative, z)
         except RuntimeError:
             continue
-        hessian = 0.5 * (hessian + hessian.T)
-        chol = torch.linalg.cholesky_ex(hessian)
-        if chol.info != 0:  # a saddle or a ridge: no Gaussian to put there
+        covariance = _inverse_if_positive_definite(hessian)
+        if covariance is None:  # a saddle or a ridge: no Gaussian to put there
             continue
-        covariance = torch.cholesky_inverse(chol.L)
         modes.append(_laplace_mode(z, torch.linalg.cholesky(covariance), -value))
     modes.sort(key=lambda mode: -mode.log_mass)
     total = torch.logsumexp(torch.tensor([mode.log_mass for mode in modes]), 0)
