@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 __all__ = ["ConditionerMLP"]
 
@@ -19,6 +20,8 @@ class ConditionerMLP(nn.Module):
     the transformer's initial map (the identity for affine, additive and spline transformers).
     A context, when there is one, is concatenated to the input. With ``in_features = 0`` and no
     context (a coupling layer over one coordinate), the output is a learned constant.
+    ``output_fan_in_cap = c`` multiplies the output weights by ``min(1, c / fan_in)``, so an
+    Adam step moves each output as if it read at most ``c`` units (see :class:`pyroflows.nn.MADE`).
 
     Example:
         >>> net = ConditionerMLP(3, num_params=2, out_features=4, hidden_dims=[16])
@@ -34,6 +37,7 @@ class ConditionerMLP(nn.Module):
         hidden_dims: Sequence[int],
         context_dim: int = 0,
         activation: nn.Module | None = None,
+        output_fan_in_cap: int | None = None,
     ):
         super().__init__()
         self.in_features = in_features
@@ -52,6 +56,12 @@ class ConditionerMLP(nn.Module):
             self.output_layer = nn.Linear(max(sizes[-1], 1), num_params * out_features)
         nn.init.zeros_(self.output_layer.weight)
         nn.init.zeros_(self.output_layer.bias)
+        if output_fan_in_cap is not None and output_fan_in_cap < 1:
+            raise ValueError(f"output_fan_in_cap must be None or >= 1, got {output_fan_in_cap}")
+        fan_in = self.output_layer.in_features
+        self.output_weight_scale = (
+            1.0 if output_fan_in_cap is None else min(1.0, output_fan_in_cap / fan_in)
+        )
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         if context is not None:
@@ -61,5 +71,6 @@ class ConditionerMLP(nn.Module):
             )
         if x.shape[-1] == 0:  # the constant: a zero input of width one reads only the bias
             x = x.new_zeros(x.shape[:-1] + (1,))
-        out = self.output_layer(self.hidden(x))
+        layer = self.output_layer
+        out = F.linear(self.hidden(x), layer.weight * self.output_weight_scale, layer.bias)
         return out.unflatten(-1, (self.num_params, self.out_features))

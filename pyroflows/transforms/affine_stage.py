@@ -31,6 +31,15 @@ class AffineStage(FlowLayer):
 
         log|det ∂x/∂w| = Σ log diag(B₀) + Σ s.
 
+    ``N`` is stored as ``N_ij = T_ij / √i`` (rows ``i = 1 … D-1``, ``j < i``), so that one
+    step also moves the covariance by ``O(lr)`` whatever ``D``: Adam moves every entry of
+    ``T`` by about ``lr`` per step, so row ``i`` of ``N``, whose norm is the extra standard
+    deviation that coordinate ``i`` picks up from its predecessors, moves by about ``lr`` rather
+    than ``lr √i``. Without the ``1/√i`` the noise of the first steps adds spurious correlated
+    variance that grows with ``D`` (AutoIAF in a plain SVI loop, ``Adam(1e-2)``, 2000 steps, on
+    horseshoe regressions with 42 and 202 latent dimensions: final free energy 136 vs 155 and
+    209 vs 340 nats, 2 seeds each).
+
     Example:
         >>> stage = AffineStage(torch.tensor([100.0, -3.0]), torch.tensor([[2.0, 0.0], [1.0, 0.5]]))
         >>> stage(torch.zeros(2))
@@ -61,6 +70,8 @@ class AffineStage(FlowLayer):
         self.tril: nn.Parameter | None = None
         if structure == "full" and dim > 1:
             self.tril = nn.Parameter(loc.new_zeros(dim, dim))
+            rows = torch.arange(dim, dtype=loc.dtype, device=loc.device).clamp_min(1)
+            self.register_buffer("tril_row_scale", rows.rsqrt().unsqueeze(-1), persistent=False)
         self.restart(loc, scale, whiten)
 
     @torch.no_grad()
@@ -110,7 +121,10 @@ class AffineStage(FlowLayer):
     # ---- the map ---------------------------------------------------------------------------
 
     def _unit_lower(self) -> torch.Tensor | None:
-        return None if self.tril is None else self.tril.tril(-1)
+        """``N = tril(T, -1) / √i`` row by row (row 0 is empty; see the class docstring)."""
+        if self.tril is None:
+            return None
+        return self.tril.tril(-1) * self.tril_row_scale
 
     def _apply_scale0(self, v: torch.Tensor) -> torch.Tensor:
         if self.scale0.dim() == 1:

@@ -26,7 +26,7 @@ def made_for(
     context_dim: int = 0,
     skip_connection: bool | str = "auto",
     activation: nn.Module | None = None,
-    output_scaling: float = 0.0,
+    output_fan_in_cap: int | None = None,
 ) -> MADE:
     """A fresh MADE that emits ``transformer.num_params`` numbers per coordinate (default
     widths: :func:`pyroflows.nn.default_hidden_dims`)."""
@@ -40,7 +40,7 @@ def made_for(
         context_dim=context_dim,
         skip_connection=skip_connection,
         activation=activation,
-        output_scaling=output_scaling,
+        output_fan_in_cap=output_fan_in_cap,
     )
 
 

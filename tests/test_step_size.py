@@ -1,0 +1,147 @@
+"""One Adam step of size ``lr`` moves a guide's distribution by ``O(lr)`` whatever the number of
+latent dimensions, so the README's plain SVI loop (``Adam({"lr": 1e-2})``, ``Trace_ELBO``) is
+stable at every ``D`` (issue #12, item 7).
+
+Adam's first step moves every parameter by exactly ``lr`` (its update is ``lr · m̂/√v̂`` with
+``m̂/√v̂ = sign(g)`` at step 1), which makes the bounds below exact rather than statistical."""
+
+from __future__ import annotations
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer import SVI, Trace_ELBO
+from pyro.optim import Adam
+
+import pyroflows
+from pyroflows.nn import MADE
+from pyroflows.transforms.affine_stage import AffineStage
+
+LR = 1e-2
+
+
+def _one_adam_step(parameters, loss: torch.Tensor) -> None:
+    optimizer = torch.optim.Adam(parameters, lr=LR)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+
+
+@pytest.mark.parametrize("dim", [5, 60])
+def test_one_step_moves_every_row_of_the_affine_stage_by_lr(dim):
+    """Row ``i`` of ``N`` (the extra sd coordinate ``i`` gets from its predecessors) moves by
+    ``lr`` in norm: without the ``1/√i`` it would move by ``lr √i`` (0.077 at ``i = 59``)."""
+    torch.manual_seed(0)
+    stage = AffineStage(torch.zeros(dim), torch.ones(dim))
+    w = torch.randn(64, dim)
+    loss = (stage(w) * torch.randn(64, dim)).sum()  # a gradient on every entry of T
+    _one_adam_step([stage.tril], loss)
+    lower = stage._unit_lower()
+    row_norms = lower.norm(dim=-1)[1:]
+    assert torch.allclose(row_norms, torch.full_like(row_norms, LR), rtol=1e-4)
+    # and the log-determinant does not depend on N: the map stays volume-exact
+    assert torch.allclose(
+        stage.forward_with_log_det(w)[1], torch.zeros(64, dtype=w.dtype), atol=1e-6
+    )
+
+
+def test_the_scaled_affine_stage_is_still_exactly_invertible():
+    torch.manual_seed(1)
+    stage = AffineStage(torch.randn(7), torch.rand(7) + 0.5)
+    with torch.no_grad():
+        stage.tril.normal_()
+        stage.log_scale.normal_(0, 0.3)
+    w = torch.randn(10, 7)
+    x, log_det = stage.forward_with_log_det(w)
+    w_back, inverse_log_det = stage.inverse_with_log_det(x)
+    assert torch.allclose(w_back, w, atol=1e-5)
+    jacobian = torch.autograd.functional.jacobian(lambda v: stage(v), w[0])
+    assert torch.allclose(jacobian, stage.scale_tril(), atol=1e-6)
+    assert torch.allclose(log_det[0], torch.linalg.slogdet(jacobian)[1], atol=1e-5)
+    assert torch.allclose(inverse_log_det, log_det)
+
+
+@pytest.mark.parametrize("cap, bounded", [(16, True), (None, False)])
+def test_made_output_fan_in_cap_bounds_the_first_step_at_any_width(cap, bounded):
+    """With ``output_fan_in_cap=16`` (the sampling-direction guides' default) one step moves
+    each output by at most ``lr (16 max|h| + 1)`` (weights plus bias), whatever the width; plain
+    weights (``None``) move the outputs of a width-600 MADE by ``lr`` times the sum of ``|h|``
+    over a row's up to ~600 inputs."""
+    torch.manual_seed(0)
+    dim = 200
+    made = MADE(dim, [3 * dim], num_params=2, skip_connection=False, output_fan_in_cap=cap)
+    x = torch.randn(32, dim)
+    with torch.no_grad():
+        hidden = made.activation(made.input_layer(x))
+    loss = (made(x) * torch.randn(32, 2, dim).sign()).sum()
+    _one_adam_step(list(made.output_layer.parameters()), loss)  # the hidden units stay put
+    with torch.no_grad():
+        moved = made(x).abs().max()
+    bound = LR * (16 * hidden.abs().max() + 1)
+    assert bool(moved <= bound * (1 + 1e-4)) == bounded, (moved, bound)
+
+
+def test_guides_cap_their_made_outputs_and_a_plain_made_does_not():
+    """The cap is a guide default (families with a sampling direction), not a MADE one: a
+    plain MADE's output mask is 0/1; a guide's MADE of width > 16 scales rows by 16 / fan-in."""
+    assert float(MADE(30, [64]).output_layer.mask.max()) == 1.0
+    model, args = _horseshoe_regression(10, 30)
+    for guide_class in (pyroflows.AutoIAF, pyroflows.AutoNAF, pyroflows.AutoNSF):
+        pyro.clear_param_store()
+        guide = guide_class(model)
+        guide(*args)
+        assert guide.flow_options["output_fan_in_cap"] == 16
+        mades = [module for module in guide.modules() if isinstance(module, MADE)]
+        assert mades
+        for made in mades:
+            fan_in = (made.output_layer.mask > 0).sum(1)
+            wide = fan_in > 16
+            assert bool(wide.any())
+            row_max = made.output_layer.mask.max(1).values
+            assert torch.allclose(row_max[wide], 16 / fan_in[wide].float())
+
+
+def _horseshoe_regression(num_rows: int, num_coefs: int):
+    """A horseshoe regression with more coefficients than the one in test_start.py: ``D = 2P +
+    2`` latent dimensions, 4 non-zero coefficients."""
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(num_rows, num_coefs, generator=generator)
+    weights = torch.zeros(num_coefs)
+    weights[:4] = torch.tensor([3.0, -2.0, 1.5, 1.0])
+    y = x @ weights + 0.5 * torch.randn(num_rows, generator=generator)
+
+    def model(x, y):
+        tau = pyro.sample("tau", dist.HalfCauchy(1.0))
+        with pyro.plate("coef", x.shape[1]):
+            lam = pyro.sample("lam", dist.HalfCauchy(1.0))
+            beta = pyro.sample("beta", dist.Normal(0.0, tau * lam))
+        sigma = pyro.sample("sigma", dist.HalfNormal(1.0))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("y", dist.Normal((x * beta).sum(-1), sigma), obs=y)
+
+    return model, (x, y)
+
+
+@pytest.mark.parametrize(
+    "guide_class, num_rows, num_coefs, steps",
+    [(pyroflows.AutoNAF, 100, 50, 150), (pyroflows.AutoIAF, 50, 100, 300)],
+)
+def test_the_readme_plain_loop_stays_finite_on_a_wide_horseshoe(
+    guide_class, num_rows, num_coefs, steps
+):
+    """Before, in this loop (seed 0), AutoNAF's loss turned NaN at step 41–45 with D = 102 (3 of
+    3 seeds) and AutoIAF's at step 66–94 with D = 202 (2 of 2), after their MADE outputs moved by
+    ~1.5 per step; Pyro's AutoIAFNormal turns NaN there too (steps 5–19). The loss must also come
+    down from its start: finite but diverging would pass ``isfinite`` alone."""
+    model, args = _horseshoe_regression(num_rows, num_coefs)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    guide = guide_class(model)
+    svi = SVI(model, guide, Adam({"lr": LR}), Trace_ELBO())
+    losses = [svi.step(*args) for _ in range(steps)]
+    assert all(math.isfinite(loss) for loss in losses)
+    start, end = sorted(losses[:20])[10], sorted(losses[-20:])[10]
+    assert end < start
