@@ -7,10 +7,19 @@ goal: every pyroflows guide ends no worse than Pyro's ``AutoNormal``.
 
 A run whose loss turns NaN (or raises) is recorded with the step; its F is ``inf``.
 
+Besides the accuracy benchmark's targets, ``--targets`` takes stress models that have no known
+posterior (only F is compared): ``horseshoe_42``, ``horseshoe_102`` and ``horseshoe_202``,
+horseshoe regressions with ``D = 2P + 2`` latent dimensions (issue 12, item 7: AutoNAF turned
+NaN in this loop on them), and ``--guides`` takes ``pyro_iaf``, Pyro's ``AutoIAFNormal`` at its
+defaults, the other guide the README's swap replaces.
+
 Usage::
 
     nice python benchmarks/bench_plain_loop.py                       # held out, 2 seeds
     nice python benchmarks/bench_plain_loop.py --targets funnel_10 --guides normal iaf --seeds 1
+    nice python benchmarks/bench_plain_loop.py --targets horseshoe_42 horseshoe_102 \
+        --guides normal pyro_iaf iaf naf --seeds 3 \
+        --output benchmarks/results/plain_loop_horseshoe_cpu.json
 
 Output: a table on stdout, ``benchmarks/results/plain_loop_cpu.json`` and ``.txt``.
 """
@@ -26,11 +35,13 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pyro
+import pyro.distributions as dist
 import torch
 from pyro.infer import SVI, Trace_ELBO
-from pyro.infer.autoguide import AutoNormal
+from pyro.infer.autoguide import AutoIAFNormal, AutoNormal
 from pyro.optim import Adam
 
 HERE = Path(__file__).resolve().parent
@@ -41,14 +52,49 @@ from accuracy.targets import build_target, target_names  # noqa: E402
 import pyroflows  # noqa: E402
 
 RESULTS = HERE / "results"
-GUIDES = ("normal", "iaf", "naf", "nsf", "realnvp", "planar")
+GUIDES = ("normal", "pyro_iaf", "iaf", "naf", "nsf", "realnvp", "planar")
 REPORT_DRAWS = 2000
+#: the stress models: name -> (data rows, coefficients)
+HORSESHOES = {"horseshoe_42": (100, 20), "horseshoe_102": (100, 50), "horseshoe_202": (50, 100)}
+
+
+def horseshoe_regression(name: str) -> SimpleNamespace:
+    """A sparse regression under a horseshoe prior (Carvalho et al. 2010): ``tau ~ C+(0, 1)``,
+    ``lam_j ~ C+(0, 1)``, ``beta_j ~ N(0, tau lam_j)``, ``sigma ~ N+(0, 1)``, ``y ~ N(X beta,
+    sigma)``; 4 of the ``P`` coefficients non-zero, Gaussian features (seed 1). Its posterior
+    is a funnel in every ``(log lam_j, beta_j)`` pair, with Cauchy tails."""
+    num_rows, num_coefs = HORSESHOES[name]
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(num_rows, num_coefs, generator=generator)
+    weights = torch.zeros(num_coefs)
+    weights[:4] = torch.tensor([3.0, -2.0, 1.5, 1.0])
+    y = x @ weights + 0.5 * torch.randn(num_rows, generator=generator)
+
+    def model(x, y):
+        tau = pyro.sample("tau", dist.HalfCauchy(1.0))
+        with pyro.plate("coef", x.shape[1]):
+            lam = pyro.sample("lam", dist.HalfCauchy(1.0))
+            beta = pyro.sample("beta", dist.Normal(0.0, tau * lam))
+        sigma = pyro.sample("sigma", dist.HalfNormal(1.0))
+        with pyro.plate("data", x.shape[0]):
+            mean = (x * beta.unsqueeze(-2)).sum(-1)  # vectorization-safe X @ beta
+            pyro.sample("y", dist.Normal(mean, sigma), obs=y)
+
+    return SimpleNamespace(name=name, model=model, args=(x, y))
+
+
+def load_target(name: str):
+    """A stress model by name, else the accuracy benchmark's target."""
+    return horseshoe_regression(name) if name in HORSESHOES else build_target(name)
 
 
 def make(guide_name: str, model):
-    """Pyro's AutoNormal for ``"normal"``, else the pyroflows guide of that family."""
+    """Pyro's AutoNormal for ``"normal"``, its AutoIAFNormal (defaults) for ``"pyro_iaf"``,
+    else the pyroflows guide of that family."""
     if guide_name == "normal":
         return AutoNormal(model)
+    if guide_name == "pyro_iaf":
+        return AutoIAFNormal(model)
     return pyroflows.make_guide(guide_name, model)
 
 
@@ -153,6 +199,7 @@ def main() -> None:
         "--targets",
         nargs="+",
         default=None,
+        choices=[*target_names(), *HORSESHOES],
         help="default: the held-out targets of the accuracy benchmark",
     )
     parser.add_argument("--guides", nargs="+", default=list(GUIDES), choices=GUIDES)
@@ -168,7 +215,7 @@ def main() -> None:
     names = options.targets or target_names(development=False)
     records = []
     for name in names:
-        target = build_target(name)
+        target = load_target(name)
         for seed in range(options.seeds):
             for guide in options.guides:
                 record = run_one(target, guide, seed, options.steps, options.lr)
