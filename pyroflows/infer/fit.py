@@ -40,6 +40,7 @@ from pyroflows.diagnostics.free_energy import (
     FreeEnergyReport,
     format_reports,
     free_energy_report,
+    importance_log_weights,
 )
 from pyroflows.diagnostics.tracing import (
     _VECTORIZE_ADVICE,
@@ -75,6 +76,8 @@ class FitResult:
             result to ``fit(..., resume=result)`` to continue.
         optimizer_state: the optimizer's state after the last step (``PyroOptim.get_state()``),
             which ``resume`` continues from.
+        start_params: the parameter values the fit started from (the start check compares
+            the end with them; ``resume`` carries them on).
     """
 
     guide: Callable
@@ -86,6 +89,7 @@ class FitResult:
     optimizer_state: dict | None = field(default=None, repr=False)
     converged: bool | None = None
     convergence: str = ""
+    start_params: dict | None = field(default=None, repr=False)
 
     @property
     def verdict(self) -> str:
@@ -134,6 +138,9 @@ class FitResult:
             head += f"\nstart: {start['start']}"
         if self.convergence:
             head += f"\nconvergence: {self.convergence}"
+        check = self.settings.get("start_check")
+        if isinstance(check, dict) and check.get("kept") == "start":
+            head += f"\nstart check: {check['why']}"
         if self.report is None:
             tail = (
                 np.mean(self.free_energy[-max(1, self.steps // 10) :]) if self.steps else math.nan
@@ -149,6 +156,11 @@ class FitResult:
 #: draws) at a learning rate this many times smaller, at most NONFINITE_BACKOFFS times per fit
 NONFINITE_BACKOFF_FACTOR = 3.0
 NONFINITE_BACKOFFS = 3
+#: the start check (``compare_start``): draws per side, with common random numbers (this seed),
+#: and how many standard errors of the paired difference the start must be better by
+START_CHECK_DRAWS = 1000
+START_CHECK_SEED = 20261206
+START_CHECK_SES = 3.0
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -295,6 +307,7 @@ def fit(
     resume: FitResult | str | os.PathLike | None = None,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int | None = None,
+    compare_start: bool = True,
     **kwargs,
 ) -> FitResult:
     """Fits ``guide`` to ``model`` by stochastic variational inference, tuned by itself.
@@ -326,7 +339,17 @@ def fit(
       funnel at the pilots' step size) recovers instead of ending the fit;
     * gradients are the plain reparameterized ELBO gradients (no "sticking the landing"
       estimator: for the default one-pass autoregressive guides, log q of a draw at detached
-      parameters costs D sequential passes).
+      parameters costs D sequential passes);
+    * ``compare_start=True``: the fit never ends worse than it started. After the last step the
+      fitted guide and its start (the parameters before the first step: for pyroflows guides
+      the Laplace approximation, or the ``init_loc_fn`` start) are scored on the same
+      ``START_CHECK_DRAWS`` (1000) standard-normal draws; if the start's ELBO is higher by more
+      than ``START_CHECK_SES`` (3) standard errors of the paired difference, the start's
+      parameters are put back (``settings["start_check"]`` records the comparison either way).
+      Reparameterized gradients are noisy even at the exact posterior (the score term of
+      ``log q`` has zero mean, not zero variance; Roeder et al. 2017), so on a Gaussian
+      posterior, where the Laplace start is exact, training moved AutoIAF away from it: KL
+      5e-6 nats at the start, 0.031 after ``fit`` on a 20-D conjugate regression.
 
     A tqdm bar shows the running free energy (by default only when stderr is a terminal). After
     fitting, ``report_samples`` fresh draws (default 4000, as for :func:`~pyroflows.diagnose`)
@@ -447,6 +470,7 @@ def fit(
         raise TypeError(f"checkpoint must be a path, got {type(checkpoint).__name__}")
     if checkpoint is not None and checkpoint_every is None:
         checkpoint_every = 100 if auto_steps else max(1, steps // 20)
+    compare_start = check_flag("compare_start", compare_start)
 
     done: list[float] = []
     wall_before = 0.0
@@ -485,6 +509,12 @@ def fit(
         )
     elif math.isinf(getattr(elbo, "max_plate_nesting", 0)):
         elbo.max_plate_nesting = nesting
+    if isinstance(resume, FitResult):
+        start_params = resume.start_params
+    elif checkpoint_state is not None:
+        start_params = checkpoint_state.get("start_params")
+    else:
+        start_params = _start_values(elbo, model, guide, args, kwargs)
 
     temperature = {"beta": 1.0}
 
@@ -503,8 +533,9 @@ def fit(
         lr = SHORT_RUN_LR  # too short a run to spend on pilots
     if lr == "auto":  # a fresh run (a resumed one continues with its resolved lr)
         with _deferred_ctrl_c(stop), quiet_pyro_logging():
-            lr, pilot_history, pilots = _pilot_runs(elbo, model, guide, args, kwargs, clip_norm,
-                                                    stop)
+            lr, pilot_history, pilots = _pilot_runs(
+                elbo, model, guide, args, kwargs, clip_norm, stop, start_params
+            )
         if lr is None:  # Ctrl-C during the pilot runs: the guide is back where it started
             settings = {"steps": steps, "lr": "auto", "guide_class": type(guide).__name__}
             return FitResult(guide, np.asarray([]), time.perf_counter() - start, None, settings,
@@ -558,7 +589,7 @@ def fit(
         settings["schedule"] = schedule.as_dict()
         return FitResult(
             guide, np.asarray(history), wall_before + time.perf_counter() - start, None,
-            settings, interrupted, current_state(),
+            settings, interrupted, current_state(), start_params=start_params,
         )
 
     def write_checkpoint() -> None:
@@ -576,6 +607,7 @@ def fit(
                 "buffers": _checkpoint.module_buffers(guide),
                 "optimizer": optim.get_state(),
                 "rng": _checkpoint.rng_state(),
+                "start_params": start_params,
             },
         )
 
@@ -657,6 +689,12 @@ def fit(
                 interrupted = step < run_steps
                 break
     bar.close()
+    if compare_start and start_params is not None and not interrupted:
+        with warnings.catch_warnings(), quiet_pyro_logging():
+            warnings.simplefilter("ignore", NotVectorizableWarning)  # one warning per fit
+            settings["start_check"] = _keep_the_better_of_start_and_end(
+                model, guide, args, kwargs, start_params
+            )
     write_checkpoint()
     result = partial_result(interrupted)
     if not interrupted:
@@ -712,25 +750,77 @@ def _convergence(rule, history, schedule, auto_steps: bool, anneal_steps: int):
     )
 
 
-def _pilot_runs(elbo, model, guide, args, kwargs, clip_norm, stop):
-    """Chooses the step size by pilot runs (see :mod:`pyroflows.infer.schedule`); returns
-    ``(lr, the winning pilot's history, a summary per pilot)``, the guide and the model's
-    parameters left where the winning pilot took them. ``lr`` is None when Ctrl-C asked to
-    stop; the parameters are then back at their start."""
-    store = pyro.get_param_store()
+def _param_values() -> dict[str, torch.Tensor]:
+    """A copy of every parameter in Pyro's param store (unconstrained values)."""
+    return {
+        name: value.detach().clone() for name, value in pyro.get_param_store().named_parameters()
+    }
+
+
+def _load_param_values(values: dict[str, torch.Tensor]) -> None:
+    """Puts ``values`` (from :func:`_param_values`) back into the param store, in place."""
     with torch.no_grad():
-        elbo.loss(model, guide, *args, **kwargs)  # creates every param the loss touches
-    start = {name: value.detach().clone() for name, value in store.named_parameters()}
+        for name, value in pyro.get_param_store().named_parameters():
+            if name in values:
+                value.copy_(values[name])
 
-    def load(values):
-        with torch.no_grad():
-            for name, value in store.named_parameters():
-                if name in values:
-                    value.copy_(values[name])
 
+def _start_values(elbo, model, guide, args, kwargs) -> dict[str, torch.Tensor]:
+    """The parameters before the first step. One ELBO evaluation creates every param the loss
+    touches (the guide's and the model's), on a forked random state, so it takes no draws from
+    the fit's random stream."""
+    devices = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
+    with torch.no_grad(), torch.random.fork_rng(devices=devices), quiet_pyro_logging():
+        elbo.loss(model, guide, *args, **kwargs)
+    return _param_values()
+
+
+def _keep_the_better_of_start_and_end(model, guide, args, kwargs, start_params) -> dict:
+    """Scores the fitted parameters and ``start_params`` on common random numbers
+    (:data:`START_CHECK_DRAWS` draws from one seed, the global random state untouched) and
+    keeps the start when its ELBO is higher by more than :data:`START_CHECK_SES` standard
+    errors of the paired difference; returns what it compared (JSON-ready)."""
+    end_params = _param_values()
+    devices = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
+
+    def log_weights() -> torch.Tensor:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(START_CHECK_SEED)
+            return importance_log_weights(
+                model, guide, *args, num_samples=START_CHECK_DRAWS, **kwargs
+            ).double()
+
+    end = log_weights()
+    _load_param_values(start_params)
+    begin = log_weights()
+    difference = begin - end  # > 0 where the start gives the higher ELBO integrand
+    if not (bool(torch.isfinite(end).all()) and bool(torch.isfinite(begin).all())):
+        _load_param_values(end_params)
+        return {"kept": "end", "why": "a log weight was not finite; the start was not compared"}
+    gain = float(difference.mean())
+    se = float(difference.std() / math.sqrt(len(difference)))
+    check = {"start_minus_end_elbo": gain, "se": se, "draws": START_CHECK_DRAWS}
+    if gain > START_CHECK_SES * se and gain > 0:
+        check["kept"] = "start"
+        check["why"] = (
+            f"the start's ELBO was higher than the fitted guide's by {gain:.3g} ± {se:.2g} "
+            "nats, so the start was kept (training only added noise: fit fewer steps, or "
+            "compare_start=False to keep the end)"
+        )
+        return check
+    _load_param_values(end_params)
+    check["kept"] = "end"
+    return check
+
+
+def _pilot_runs(elbo, model, guide, args, kwargs, clip_norm, stop, start):
+    """Chooses the step size by pilot runs (see :mod:`pyroflows.infer.schedule`) from the
+    parameter values ``start``; returns ``(lr, the winning pilot's history, a summary per
+    pilot)``, the guide and the model's parameters left where the winning pilot took them.
+    ``lr`` is None when Ctrl-C asked to stop; the parameters are then back at their start."""
     scores, ends, histories, summaries = [], [], [], []
     for lr in PILOT_LRS:
-        load(start)
+        _load_param_values(start)
         optim = ClippedAdam({"lr": lr, "lrd": 1.0, "clip_norm": clip_norm})
         losses: list[float] = []
         for _ in range(PILOT_STEPS):
@@ -752,24 +842,24 @@ def _pilot_runs(elbo, model, guide, args, kwargs, clip_norm, stop):
             zero_grads(params)
             losses.append(loss)
             if stop.requested:
-                load(start)
+                _load_param_values(start)
                 return None, [], []
         tail = np.asarray(losses[len(losses) // 2 :], dtype=float)
         mean = float(tail.mean()) if len(tail) else math.inf
         se = float(tail.std(ddof=1) / math.sqrt(len(tail))) if len(tail) > 1 else math.inf
         scores.append((lr, mean, se))
         summaries.append({"lr": lr, "free_energy": mean, "se": se})
-        ends.append({name: value.detach().clone() for name, value in store.named_parameters()})
+        ends.append(_param_values())
         histories.append(losses)
     try:
         best = pick_pilot(scores)
     except FloatingPointError:
-        load(start)
+        _load_param_values(start)
         raise NonFiniteLossError(
             1, math.nan, f"every pilot run of the step size ({list(PILOT_LRS)}) diverged",
             FitResult(guide, np.asarray([]), 0.0, None, {}, False, {}),
         ) from None
-    load(ends[best])
+    _load_param_values(ends[best])
     return PILOT_LRS[best], histories[best], summaries
 
 
