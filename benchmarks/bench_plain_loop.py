@@ -38,7 +38,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pyro
-import pyro.distributions as dist
 import torch
 from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoIAFNormal, AutoNormal
@@ -50,6 +49,7 @@ sys.path.insert(0, str(HERE))
 from accuracy.targets import build_target, target_names  # noqa: E402
 
 import pyroflows  # noqa: E402
+from pyroflows.models import horseshoe_regression  # noqa: E402
 
 RESULTS = HERE / "results"
 GUIDES = ("normal", "pyro_iaf", "iaf", "naf", "nsf", "realnvp", "planar")
@@ -58,34 +58,19 @@ REPORT_DRAWS = 2000
 HORSESHOES = {"horseshoe_42": (100, 20), "horseshoe_102": (100, 50), "horseshoe_202": (50, 100)}
 
 
-def horseshoe_regression(name: str) -> SimpleNamespace:
-    """A sparse regression under a horseshoe prior (Carvalho et al. 2010): ``tau ~ C+(0, 1)``,
-    ``lam_j ~ C+(0, 1)``, ``beta_j ~ N(0, tau lam_j)``, ``sigma ~ N+(0, 1)``, ``y ~ N(X beta,
-    sigma)``; 4 of the ``P`` coefficients non-zero, Gaussian features (seed 1). Its posterior
-    is a funnel in every ``(log lam_j, beta_j)`` pair, with Cauchy tails."""
+def horseshoe_target(name: str) -> SimpleNamespace:
+    """The stress model ``name``: :func:`pyroflows.models.horseshoe_regression` with 4 of its
+    ``P`` coefficients non-zero (data seed 1)."""
     num_rows, num_coefs = HORSESHOES[name]
-    generator = torch.Generator().manual_seed(1)
-    x = torch.randn(num_rows, num_coefs, generator=generator)
-    weights = torch.zeros(num_coefs)
-    weights[:4] = torch.tensor([3.0, -2.0, 1.5, 1.0])
-    y = x @ weights + 0.5 * torch.randn(num_rows, generator=generator)
-
-    def model(x, y):
-        tau = pyro.sample("tau", dist.HalfCauchy(1.0))
-        with pyro.plate("coef", x.shape[1]):
-            lam = pyro.sample("lam", dist.HalfCauchy(1.0))
-            beta = pyro.sample("beta", dist.Normal(0.0, tau * lam))
-        sigma = pyro.sample("sigma", dist.HalfNormal(1.0))
-        with pyro.plate("data", x.shape[0]):
-            mean = (x * beta.unsqueeze(-2)).sum(-1)  # vectorization-safe X @ beta
-            pyro.sample("y", dist.Normal(mean, sigma), obs=y)
-
-    return SimpleNamespace(name=name, model=model, args=(x, y))
+    model, args = horseshoe_regression(
+        num_rows, num_coefs, coefficients=(3.0, -2.0, 1.5, 1.0), seed=1
+    )
+    return SimpleNamespace(name=name, model=model, args=args)
 
 
 def load_target(name: str):
     """A stress model by name, else the accuracy benchmark's target."""
-    return horseshoe_regression(name) if name in HORSESHOES else build_target(name)
+    return horseshoe_target(name) if name in HORSESHOES else build_target(name)
 
 
 def make(guide_name: str, model):

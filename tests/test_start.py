@@ -9,7 +9,7 @@ import torch
 
 import pyroflows
 from pyroflows.guides import start as start_module
-from pyroflows.models import banana, linear_regression
+from pyroflows.models import banana, horseshoe_regression, linear_regression
 
 
 def test_laplace_start_is_the_posterior_of_a_gaussian_model():
@@ -137,34 +137,14 @@ def test_batched_log_joint_matches_the_one_point_version():
     assert torch.allclose(batched, one_by_one, rtol=1e-5, atol=1e-4)
 
 
-def _horseshoe_regression():
-    """A horseshoe regression (100 rows, 20 coefficients, 3 of them non-zero): its log joint
-    grows without bound as the global scale goes to 0, so L-BFGS from the median ends deep in
-    that funnel (log tau ≈ -20, Laplace sds down to 1e-14) instead of failing."""
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(100, 20, generator=generator)
-    weights = torch.zeros(20)
-    weights[:3] = torch.tensor([3.0, -2.0, 1.5])
-    y = x @ weights + 0.5 * torch.randn(100, generator=generator)
-
-    def model(x, y):
-        tau = pyro.sample("tau", dist.HalfCauchy(1.0))
-        with pyro.plate("coef", x.shape[1]):
-            lam = pyro.sample("lam", dist.HalfCauchy(1.0))
-            beta = pyro.sample("beta", dist.Normal(0.0, tau * lam))
-        sigma = pyro.sample("sigma", dist.HalfNormal(1.0))
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("y", dist.Normal((x * beta).sum(-1), sigma), obs=y)
-
-    return model, (x, y)
-
-
 def test_a_degenerate_map_falls_back_with_the_reason():
     """Before, the start was that degenerate point (its ×0.25 version won by ELBO) and AutoNAF
     in the README's plain loop (Adam 1e-2, Trace_ELBO) reached draws |z| ≈ 6000 and an
     infinite loss at step 111 (seed 0); now the start says why it fell back. (From the
     fallback start AutoNAF can still turn non-finite later in a plain loop: its DSF tails.)"""
-    model, args = _horseshoe_regression()
+    # 100 rows, 20 coefficients, 3 of them non-zero: L-BFGS from the median ends deep in the
+    # funnel (log tau ≈ -20, Laplace sds down to 1e-14) instead of failing
+    model, args = horseshoe_regression()
     pyro.set_rng_seed(0)
     for guide_class in (pyroflows.AutoNAF, pyroflows.AutoIAF):
         guide = guide_class(model)

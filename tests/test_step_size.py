@@ -10,13 +10,13 @@ from __future__ import annotations
 import math
 
 import pyro
-import pyro.distributions as dist
 import pytest
 import torch
 from pyro.infer import SVI, Trace_ELBO
 from pyro.optim import Adam
 
 import pyroflows
+from pyroflows.models import horseshoe_regression
 from pyroflows.nn import MADE
 from pyroflows.transforms.affine_stage import AffineStage
 
@@ -105,24 +105,8 @@ def test_guides_cap_their_made_outputs_and_a_plain_made_does_not():
 
 
 def _horseshoe_regression(num_rows: int, num_coefs: int):
-    """A horseshoe regression with more coefficients than the one in test_start.py: ``D = 2P +
-    2`` latent dimensions, 4 non-zero coefficients."""
-    generator = torch.Generator().manual_seed(1)
-    x = torch.randn(num_rows, num_coefs, generator=generator)
-    weights = torch.zeros(num_coefs)
-    weights[:4] = torch.tensor([3.0, -2.0, 1.5, 1.0])
-    y = x @ weights + 0.5 * torch.randn(num_rows, generator=generator)
-
-    def model(x, y):
-        tau = pyro.sample("tau", dist.HalfCauchy(1.0))
-        with pyro.plate("coef", x.shape[1]):
-            lam = pyro.sample("lam", dist.HalfCauchy(1.0))
-            beta = pyro.sample("beta", dist.Normal(0.0, tau * lam))
-        sigma = pyro.sample("sigma", dist.HalfNormal(1.0))
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("y", dist.Normal((x * beta).sum(-1), sigma), obs=y)
-
-    return model, (x, y)
+    """``D = 2P + 2`` latent dimensions, 4 non-zero coefficients (the plain-loop benchmark's)."""
+    return horseshoe_regression(num_rows, num_coefs, coefficients=(3.0, -2.0, 1.5, 1.0), seed=1)
 
 
 @pytest.mark.parametrize(
