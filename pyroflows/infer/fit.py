@@ -76,8 +76,8 @@ class FitResult:
             result to ``fit(..., resume=result)`` to continue.
         optimizer_state: the optimizer's state after the last step (``PyroOptim.get_state()``),
             which ``resume`` continues from.
-        start_params: the parameter values the fit started from (the start check compares
-            the end with them; ``resume`` carries them on).
+        start_params: the parameter values (and guide buffers) the fit started from: the start
+            check compares the end with them, and ``resume`` carries them on.
     """
 
     guide: Callable
@@ -750,29 +750,33 @@ def _convergence(rule, history, schedule, auto_steps: bool, anneal_steps: int):
     )
 
 
-def _param_values() -> dict[str, torch.Tensor]:
-    """A copy of every parameter in Pyro's param store (unconstrained values)."""
-    return {
+def _snapshot(guide) -> dict[str, dict[str, torch.Tensor]]:
+    """A copy of every parameter in Pyro's param store (unconstrained values) and of the guide's
+    buffers (batch-norm statistics, a pyroflows guide's start)."""
+    params = {
         name: value.detach().clone() for name, value in pyro.get_param_store().named_parameters()
     }
+    return {"params": params, "buffers": _checkpoint.module_buffers(guide)}
 
 
-def _load_param_values(values: dict[str, torch.Tensor]) -> None:
-    """Puts ``values`` (from :func:`_param_values`) back into the param store, in place."""
+def _restore(guide, snapshot: dict[str, dict[str, torch.Tensor]]) -> None:
+    """Puts a :func:`_snapshot` back into the param store and the guide's buffers, in place."""
+    values = snapshot["params"]
     with torch.no_grad():
         for name, value in pyro.get_param_store().named_parameters():
             if name in values:
                 value.copy_(values[name])
+    _checkpoint.restore_buffers(guide, snapshot["buffers"])
 
 
-def _start_values(elbo, model, guide, args, kwargs) -> dict[str, torch.Tensor]:
-    """The parameters before the first step. One ELBO evaluation creates every param the loss
-    touches (the guide's and the model's), on a forked random state, so it takes no draws from
-    the fit's random stream."""
+def _start_values(elbo, model, guide, args, kwargs) -> dict[str, dict[str, torch.Tensor]]:
+    """The :func:`_snapshot` before the first step. One ELBO evaluation creates every param the
+    loss touches (the guide's and the model's), on a forked random state, so it takes no draws
+    from the fit's random stream."""
     devices = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
     with torch.no_grad(), torch.random.fork_rng(devices=devices), quiet_pyro_logging():
         elbo.loss(model, guide, *args, **kwargs)
-    return _param_values()
+    return _snapshot(guide)
 
 
 def _keep_the_better_of_start_and_end(model, guide, args, kwargs, start_params) -> dict:
@@ -780,7 +784,7 @@ def _keep_the_better_of_start_and_end(model, guide, args, kwargs, start_params) 
     (:data:`START_CHECK_DRAWS` draws from one seed, the global random state untouched) and
     keeps the start when its ELBO is higher by more than :data:`START_CHECK_SES` standard
     errors of the paired difference; returns what it compared (JSON-ready)."""
-    end_params = _param_values()
+    end_params = _snapshot(guide)
     devices = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
 
     def log_weights() -> torch.Tensor:
@@ -791,11 +795,11 @@ def _keep_the_better_of_start_and_end(model, guide, args, kwargs, start_params) 
             ).double()
 
     end = log_weights()
-    _load_param_values(start_params)
+    _restore(guide, start_params)
     begin = log_weights()
     difference = begin - end  # > 0 where the start gives the higher ELBO integrand
     if not (bool(torch.isfinite(end).all()) and bool(torch.isfinite(begin).all())):
-        _load_param_values(end_params)
+        _restore(guide, end_params)
         return {"kept": "end", "why": "a log weight was not finite; the start was not compared"}
     gain = float(difference.mean())
     se = float(difference.std() / math.sqrt(len(difference)))
@@ -808,19 +812,19 @@ def _keep_the_better_of_start_and_end(model, guide, args, kwargs, start_params) 
             "compare_start=False to keep the end)"
         )
         return check
-    _load_param_values(end_params)
+    _restore(guide, end_params)
     check["kept"] = "end"
     return check
 
 
 def _pilot_runs(elbo, model, guide, args, kwargs, clip_norm, stop, start):
     """Chooses the step size by pilot runs (see :mod:`pyroflows.infer.schedule`) from the
-    parameter values ``start``; returns ``(lr, the winning pilot's history, a summary per
+    :func:`_snapshot` ``start``; returns ``(lr, the winning pilot's history, a summary per
     pilot)``, the guide and the model's parameters left where the winning pilot took them.
     ``lr`` is None when Ctrl-C asked to stop; the parameters are then back at their start."""
     scores, ends, histories, summaries = [], [], [], []
     for lr in PILOT_LRS:
-        _load_param_values(start)
+        _restore(guide, start)
         optim = ClippedAdam({"lr": lr, "lrd": 1.0, "clip_norm": clip_norm})
         losses: list[float] = []
         for _ in range(PILOT_STEPS):
@@ -842,24 +846,24 @@ def _pilot_runs(elbo, model, guide, args, kwargs, clip_norm, stop, start):
             zero_grads(params)
             losses.append(loss)
             if stop.requested:
-                _load_param_values(start)
+                _restore(guide, start)
                 return None, [], []
         tail = np.asarray(losses[len(losses) // 2 :], dtype=float)
         mean = float(tail.mean()) if len(tail) else math.inf
         se = float(tail.std(ddof=1) / math.sqrt(len(tail))) if len(tail) > 1 else math.inf
         scores.append((lr, mean, se))
         summaries.append({"lr": lr, "free_energy": mean, "se": se})
-        ends.append(_param_values())
+        ends.append(_snapshot(guide))
         histories.append(losses)
     try:
         best = pick_pilot(scores)
     except FloatingPointError:
-        _load_param_values(start)
+        _restore(guide, start)
         raise NonFiniteLossError(
             1, math.nan, f"every pilot run of the step size ({list(PILOT_LRS)}) diverged",
             FitResult(guide, np.asarray([]), 0.0, None, {}, False, {}),
         ) from None
-    _load_param_values(ends[best])
+    _restore(guide, ends[best])
     return PILOT_LRS[best], histories[best], summaries
 
 
