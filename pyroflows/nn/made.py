@@ -124,8 +124,10 @@ class MADE(nn.Module):
             · max|h|`` per step; capped, by ``lr · min(fan_in, c) · max|h|`` at any width (the
             "base width" of μP, Yang & Hu 2021). Guides use ``c = 16``, the narrowest default
             width, so that small flows step as before while wide ones no longer take steps
-            ``D`` times larger (at ``D = 202`` with plain weights the NAF's log-slopes grew by
-            ~1.5 per step and a plain SVI loop turned NaN within 20 steps).
+            ``D`` times larger (AutoNAF on a horseshoe regression with ``D = 202``: the first
+            step at ``lr = 1e-2`` moved its MADE outputs by up to 0.26 with plain weights and
+            0.017 capped; at ``D = 102`` the README's plain SVI loop turned NaN at steps 29–45
+            with plain weights, on 3 of 3 seeds, and stays finite capped).
 
     Example:
         >>> made = MADE(3, [16], num_params=2)

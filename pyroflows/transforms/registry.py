@@ -289,9 +289,9 @@ _AR_SEQUENTIAL = "D sequential passes"
 #: measured on the development targets, dropping it lowered the KL (10-D regression 0.031 ->
 #: 0.013, banana 0.35 -> 0.10 for AutoIAF) and saves ~15% a step. Output rows capped at an
 #: effective fan-in of 16 (pyroflows.nn.MADE's output_fan_in_cap, the narrowest default width):
-#: the default widths grow with D, and with plain weights one Adam step at lr 1e-2 moved the
-#: NAF's log-slopes by ~1.5 at D = 202 (NaN within 20 steps of a plain SVI loop on a horseshoe
-#: regression, AutoIAF within 100)
+#: the default widths grow with D, and with plain weights the README's plain SVI loop (Adam
+#: 1e-2) turned AutoNAF NaN on a horseshoe regression with D = 102 at steps 29-45 (3 of 3
+#: seeds; benchmarks/results/plain_loop_horseshoe_cpu_before.txt)
 _SAMPLING_AUTOREGRESSIVE = {
     "one_pass_sampling": True,
     "guide_defaults": {"skip_connection": False, "output_fan_in_cap": 16},
