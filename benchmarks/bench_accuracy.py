@@ -128,15 +128,19 @@ def score_run(run: TrainedGuide, eval_samples: int, curve_samples: int, referenc
     return record
 
 
-def run_target_seed(target: Target, seed: int, options: argparse.Namespace, clock: Clock,
-                    reference) -> list[dict]:
+def run_target_seed(
+    target: Target, seed: int, options: argparse.Namespace, clock: Clock, reference
+) -> list[dict]:
     """Every contender on one target and seed, scored; adds ``tq_best`` to each record."""
     runs: list[TrainedGuide] = []
     for family in options.guides:
-        run = train_pyroflows(target, family, seed, options.max_seconds, clock,
-                              snapshot_ratio=options.snapshot_ratio)
-        log(f"  {target.name} seed {seed}: {run.label} {run.seconds:.1f} s, {run.steps} steps, "
-            f"{run.status} {run.note}")
+        run = train_pyroflows(
+            target, family, seed, options.max_seconds, clock, snapshot_ratio=options.snapshot_ratio
+        )
+        log(
+            f"  {target.name} seed {seed}: {run.label} {run.seconds:.1f} s, {run.steps} steps, "
+            f"{run.status} {run.note}"
+        )
         runs.append(run)
     if options.budget is not None:
         budget = options.budget
@@ -148,18 +152,17 @@ def run_target_seed(target: Target, seed: int, options: argparse.Namespace, cloc
         records.append(score_run(run, options.eval_samples, options.curve_samples, reference))
         run.snapshots.clear()
     for label in options.peers:
-        run = train_peer(target, label, seed, budget, clock,
-                         snapshot_ratio=options.snapshot_ratio)
-        log(f"  {target.name} seed {seed}: {label} {run.seconds:.1f} s, {run.steps} steps, "
-            f"{run.status} {run.note}")
+        run = train_peer(target, label, seed, budget, clock, snapshot_ratio=options.snapshot_ratio)
+        log(
+            f"  {target.name} seed {seed}: {label} {run.seconds:.1f} s, {run.steps} steps, "
+            f"{run.status} {run.note}"
+        )
         records.append(score_run(run, options.eval_samples, options.curve_samples, reference))
         run.snapshots.clear()
     best_final = min(r["curve"][-1][1] for r in records)
     for record in records:
         goal = best_final + tolerance(target)
-        record["tq_best"] = (
-            time_to_quality(record["curve"], goal) if math.isfinite(goal) else None
-        )
+        record["tq_best"] = time_to_quality(record["curve"], goal) if math.isfinite(goal) else None
         record["budget"] = budget if record["kind"] == "peer" else None
     return records
 
@@ -171,8 +174,9 @@ def run_unit(name: str, seed: int, options: argparse.Namespace) -> list[dict]:
     started = time.perf_counter()
     try:
         target = build_target(name)
-        records = run_target_seed(target, seed, options, Clock(options.clock),
-                                  target.reference_moments())
+        records = run_target_seed(
+            target, seed, options, Clock(options.clock), target.reference_moments()
+        )
     except Exception as error:  # one broken unit must not lose the others' hours
         if options.fail_fast:
             raise
@@ -224,35 +228,37 @@ def summarize(records: list[dict], targets: dict[str, Target]) -> list[dict]:
                 verdict = r["extra"].get("fit_verdict")
                 if verdict is not None:
                     fit_verdicts[verdict] = fit_verdicts.get(verdict, 0) + 1
-            rows.append({
-                "target": name,
-                "development": targets[name].development,
-                "truth": targets[name].ground_truth,
-                "latent_dim": targets[name].latent_dim,
-                "guide": guide,
-                "kind": mine[0]["kind"],
-                "seeds": len(mine),
-                "quality_median": _median([r["quality"] for r in mine]),
-                "quality_min": min(r["quality"] for r in mine),
-                "quality_max": max(r["quality"] for r in mine),
-                "ratio_to_best_peer_median": _median(ratios),
-                "ratio_to_best_peer_min": min(ratios) if ratios else None,
-                "ratio_to_best_peer_max": max(ratios) if ratios else None,
-                "best_peers": [best_peer[s]["guide"] for s in seeds if s in best_peer],
-                "kl_se_median": _median([f.get("elbo_se") for f in finals]),
-                "mean_error_max_median": _median([f.get("mean_error_max") for f in finals]),
-                "log_sd_error_max_median": _median([f.get("log_sd_error_max") for f in finals]),
-                "iw_gap_median": _median([f.get("iw_gap") for f in finals]),
-                "khat_median": _median([f.get("khat") for f in finals]),
-                "verdicts": verdicts,
-                "fit_verdicts": fit_verdicts,
-                "seconds_median": _median([r["seconds"] for r in mine]),
-                "tq_median": _median([r["tq"] for r in mine]),
-                "tq_best_median": _median([r["tq_best"] for r in mine]),
-                "tq_best_reached": sum(r["tq_best"] is not None for r in mine),
-                "tq_ratio_to_best_peer_median": _median(tq_ratios),
-                "statuses": sorted({r["status"] for r in mine}),
-            })
+            rows.append(
+                {
+                    "target": name,
+                    "development": targets[name].development,
+                    "truth": targets[name].ground_truth,
+                    "latent_dim": targets[name].latent_dim,
+                    "guide": guide,
+                    "kind": mine[0]["kind"],
+                    "seeds": len(mine),
+                    "quality_median": _median([r["quality"] for r in mine]),
+                    "quality_min": min(r["quality"] for r in mine),
+                    "quality_max": max(r["quality"] for r in mine),
+                    "ratio_to_best_peer_median": _median(ratios),
+                    "ratio_to_best_peer_min": min(ratios) if ratios else None,
+                    "ratio_to_best_peer_max": max(ratios) if ratios else None,
+                    "best_peers": [best_peer[s]["guide"] for s in seeds if s in best_peer],
+                    "kl_se_median": _median([f.get("elbo_se") for f in finals]),
+                    "mean_error_max_median": _median([f.get("mean_error_max") for f in finals]),
+                    "log_sd_error_max_median": _median([f.get("log_sd_error_max") for f in finals]),
+                    "iw_gap_median": _median([f.get("iw_gap") for f in finals]),
+                    "khat_median": _median([f.get("khat") for f in finals]),
+                    "verdicts": verdicts,
+                    "fit_verdicts": fit_verdicts,
+                    "seconds_median": _median([r["seconds"] for r in mine]),
+                    "tq_median": _median([r["tq"] for r in mine]),
+                    "tq_best_median": _median([r["tq_best"] for r in mine]),
+                    "tq_best_reached": sum(r["tq_best"] is not None for r in mine),
+                    "tq_ratio_to_best_peer_median": _median(tq_ratios),
+                    "statuses": sorted({r["status"] for r in mine}),
+                }
+            )
     return rows
 
 
@@ -279,8 +285,10 @@ def _ratio(value) -> str:
 def _ratio_range(row: dict) -> str:
     if row["ratio_to_best_peer_median"] is None:
         return "-"
-    return (f"{_ratio(row['ratio_to_best_peer_median'])} "
-            f"[{_ratio(row['ratio_to_best_peer_min'])}-{_ratio(row['ratio_to_best_peer_max'])}]")
+    return (
+        f"{_ratio(row['ratio_to_best_peer_median'])} "
+        f"[{_ratio(row['ratio_to_best_peer_min'])}-{_ratio(row['ratio_to_best_peer_max'])}]"
+    )
 
 
 def _verdicts(counts: dict[str, int]) -> str:
@@ -302,9 +310,11 @@ def format_tables(rows: list[dict], options: argparse.Namespace) -> str:
         "  that of the best final quality of any contender (reached/seeds)",
         "",
     ]
-    header = (f"{'target':36} {'guide':25} {'quality':>9} {'KL se':>7} {'x best peer':>20} "
-              f"{'IW gap':>8} "
-              f"{'k-hat':>6} {'verdicts':>9} {'time s':>7} {'tq s':>6} {'tq* s':>11}")
+    header = (
+        f"{'target':36} {'guide':25} {'quality':>9} {'KL se':>7} {'x best peer':>20} "
+        f"{'IW gap':>8} "
+        f"{'k-hat':>6} {'verdicts':>9} {'time s':>7} {'tq s':>6} {'tq* s':>11}"
+    )
     lines += [header, "-" * len(header)]
     current = None
     for row in rows:
@@ -314,8 +324,11 @@ def format_tables(rows: list[dict], options: argparse.Namespace) -> str:
             kind = "KL" if row["truth"] == "exact log Z" else "sd"
             name = f"{row['target']} ({row['latent_dim']}-D, {kind})"
         ratio = _ratio_range(row)
-        status = "" if row["statuses"] == ["ok"] else " " + ",".join(
-            s for s in row["statuses"] if s != "ok")
+        status = (
+            ""
+            if row["statuses"] == ["ok"]
+            else " " + ",".join(s for s in row["statuses"] if s != "ok")
+        )
         lines.append(
             f"{name:36} {row['guide']:25} {_fmt(row['quality_median']):>9} "
             f"{_fmt(row['kl_se_median'] if row['truth'] == 'exact log Z' else None, 2):>7} "
@@ -327,8 +340,10 @@ def format_tables(rows: list[dict], options: argparse.Namespace) -> str:
             f"{status}"
         )
     lines += ["", "best pyroflows guide vs best peer (per target, medians over seeds)", ""]
-    header = (f"{'target':26} {'best peer':25} {'quality':>9} {'best pyroflows':15} "
-              f"{'quality':>9} {'ratio [min-max]':>20} {'tq* ratio':>9}  verdict  fit verdict")
+    header = (
+        f"{'target':26} {'best peer':25} {'quality':>9} {'best pyroflows':15} "
+        f"{'quality':>9} {'ratio [min-max]':>20} {'tq* ratio':>9}  verdict  fit verdict"
+    )
     lines += [header, "-" * len(header)]
     for target in dict.fromkeys(r["target"] for r in rows):
         group = [r for r in rows if r["target"] == target]
@@ -360,8 +375,18 @@ def _sanitize(value):
 
 
 #: options that must agree between a results file and a run that updates it
-UPDATE_MUST_MATCH = ("guides", "peers", "seeds", "max_seconds", "min_seconds", "budget",
-                     "eval_samples", "curve_samples", "snapshot_ratio", "clock")
+UPDATE_MUST_MATCH = (
+    "guides",
+    "peers",
+    "seeds",
+    "max_seconds",
+    "min_seconds",
+    "budget",
+    "eval_samples",
+    "curve_samples",
+    "snapshot_ratio",
+    "clock",
+)
 
 
 def _restore(value):
@@ -373,19 +398,25 @@ def _restore(value):
     return value
 
 
-def merge_previous(options: argparse.Namespace, records: list[dict], errors: list[dict],
-                   runtime: dict) -> tuple[list[dict], list[dict], list[dict]]:
+def merge_previous(
+    options: argparse.Namespace, records: list[dict], errors: list[dict], runtime: dict
+) -> tuple[list[dict], list[dict], list[dict]]:
     """``--update``: the runs of ``options.output`` for targets not rerun now, plus this run's.
 
     Raises:
         ValueError: the file was written with other settings (:data:`UPDATE_MUST_MATCH`).
     """
     previous = json.loads(options.output.read_text())
-    mismatched = {k: (previous["options"].get(k), getattr(options, k))
-                  for k in UPDATE_MUST_MATCH if previous["options"].get(k) != getattr(options, k)}
+    mismatched = {
+        k: (previous["options"].get(k), getattr(options, k))
+        for k in UPDATE_MUST_MATCH
+        if previous["options"].get(k) != getattr(options, k)
+    }
     if mismatched:
-        raise ValueError(f"--update: {options.output} was written with other settings "
-                         f"(stored, now): {mismatched}")
+        raise ValueError(
+            f"--update: {options.output} was written with other settings "
+            f"(stored, now): {mismatched}"
+        )
     rerun = set(options.targets)
     kept = [_restore(r) for r in previous["runs"] if r["target"] not in rerun]
     kept_errors = [e for e in previous.get("errors", []) if e["target"] not in rerun]
@@ -393,11 +424,20 @@ def merge_previous(options: argparse.Namespace, records: list[dict], errors: lis
     merged = sorted(kept + records, key=lambda r: (order.index(r["target"]), r["seed"]))
     updates = previous.get("updates", [])
     if not updates:
-        updates = [{"targets": previous["options"]["targets"], "created": previous["created"],
-                    "runtime": previous.get("runtime")}]
-    updates.append({"targets": options.targets,
-                    "created": datetime.now(UTC).isoformat(timespec="seconds"),
-                    "runtime": runtime})
+        updates = [
+            {
+                "targets": previous["options"]["targets"],
+                "created": previous["created"],
+                "runtime": previous.get("runtime"),
+            }
+        ]
+    updates.append(
+        {
+            "targets": options.targets,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "runtime": runtime,
+        }
+    )
     options.targets = list(dict.fromkeys(r["target"] for r in merged))
     return merged, kept_errors + errors, updates
 
@@ -412,33 +452,57 @@ def _json_text(output: dict) -> str:
 
 def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--set", choices=["heldout", "development", "all"], default="heldout",
-                        dest="target_set")
+    parser.add_argument(
+        "--set", choices=["heldout", "development", "all"], default="heldout", dest="target_set"
+    )
     parser.add_argument("--targets", nargs="+", default=None, help="names (overrides --set)")
-    parser.add_argument("--guides", nargs="+", default=None,
-                        help=f"pyroflows families (default {' '.join(DEFAULT_GUIDES)})")
-    parser.add_argument("--peers", nargs="+", default=None, choices=list(PEERS),
-                        help="default: all")
+    parser.add_argument(
+        "--guides",
+        nargs="+",
+        default=None,
+        help=f"pyroflows families (default {' '.join(DEFAULT_GUIDES)})",
+    )
+    parser.add_argument(
+        "--peers", nargs="+", default=None, choices=list(PEERS), help="default: all"
+    )
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--max-seconds", type=float, default=60.0,
-                        help="cap on every fit (pyroflows) and on the peers' budget")
-    parser.add_argument("--min-seconds", type=float, default=2.0,
-                        help="least time a peer gets")
-    parser.add_argument("--budget", type=float, default=None,
-                        help="fixed seconds for every peer (default: the pyroflows guides' time)")
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=60.0,
+        help="cap on every fit (pyroflows) and on the peers' budget",
+    )
+    parser.add_argument("--min-seconds", type=float, default=2.0, help="least time a peer gets")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="fixed seconds for every peer (default: the pyroflows guides' time)",
+    )
     parser.add_argument("--eval-samples", type=int, default=4000)
     parser.add_argument("--curve-samples", type=int, default=1000)
     parser.add_argument("--snapshot-ratio", type=float, default=1.3)
     parser.add_argument("--clock", choices=["process", "wall"], default="process")
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="(target, seed) units run in parallel processes (each 1 thread)")
-    parser.add_argument("--quick", action="store_true",
-                        help="3 targets, 1 seed, fits capped at 5 s, AutoIAF only")
-    parser.add_argument("--fail-fast", action="store_true",
-                        help="stop at the first failing (target, seed) instead of recording it")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="(target, seed) units run in parallel processes (each 1 thread)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="3 targets, 1 seed, fits capped at 5 s, AutoIAF only"
+    )
+    parser.add_argument(
+        "--fail-fast",
+        action="store_true",
+        help="stop at the first failing (target, seed) instead of recording it",
+    )
     parser.add_argument("--output", type=Path, default=None)
-    parser.add_argument("--update", action="store_true",
-                        help="replace only the rerun targets' runs in an existing --output")
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="replace only the rerun targets' runs in an existing --output",
+    )
     options = parser.parse_args(argv)
     if options.quick:
         options.seeds = 1
@@ -454,8 +518,9 @@ def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown targets {unknown}; known: {', '.join(TARGETS)}")
     if options.output is None:
-        options.output = RESULTS / ("accuracy_cpu_quick.json" if options.quick
-                                    else "accuracy_cpu.json")
+        options.output = RESULTS / (
+            "accuracy_cpu_quick.json" if options.quick else "accuracy_cpu.json"
+        )
     return options
 
 
@@ -469,8 +534,10 @@ def main(argv: list[str] | None = None) -> None:
     except RuntimeError:
         pass
     logging.getLogger("pyro").setLevel(logging.WARNING)
-    log(f"pyroflows from {pyroflows.__file__}; targets {options.targets}; guides "
-        f"{options.guides}; peers {options.peers}; {options.seeds} seeds; clock {options.clock}")
+    log(
+        f"pyroflows from {pyroflows.__file__}; targets {options.targets}; guides "
+        f"{options.guides}; peers {options.peers}; {options.seeds} seeds; clock {options.clock}"
+    )
     started_wall, started_cpu = time.perf_counter(), _cpu_seconds()
     targets: dict[str, Target] = {}
     records: list[dict] = []
@@ -488,15 +555,19 @@ def main(argv: list[str] | None = None) -> None:
     else:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(options.jobs, mp_context=context) as pool:
-            for unit_records in pool.map(run_unit, *zip(*units, strict=True),
-                                         [options] * len(units)):
+            for unit_records in pool.map(
+                run_unit, *zip(*units, strict=True), [options] * len(units)
+            ):
                 records += unit_records
     order = {(name, seed): i for i, (name, seed) in enumerate(units)}
     records.sort(key=lambda r: order[(r["target"], r["seed"])])
     errors = [r for r in records if "error" in r]
     records = [r for r in records if "error" not in r]
-    runtime = {"wall_seconds": time.perf_counter() - started_wall,
-               "cpu_seconds": _cpu_seconds() - started_cpu, "jobs": options.jobs}
+    runtime = {
+        "wall_seconds": time.perf_counter() - started_wall,
+        "cpu_seconds": _cpu_seconds() - started_cpu,
+        "jobs": options.jobs,
+    }
     updates = []
     if options.update:
         records, errors, updates = merge_previous(options, records, errors, runtime)
@@ -516,18 +587,28 @@ def main(argv: list[str] | None = None) -> None:
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(options).items()},
         "peer_training": PEER_TRAINING,
         "targets": {
-            n: {"description": t.description, "development": t.development,
-                "latent_dim": t.latent_dim, "truth": t.ground_truth,
-                "log_evidence": t.log_evidence, "reference_file": t.reference_file,
-                "tags": list(t.tags)}
+            n: {
+                "description": t.description,
+                "development": t.development,
+                "latent_dim": t.latent_dim,
+                "truth": t.ground_truth,
+                "log_evidence": t.log_evidence,
+                "reference_file": t.reference_file,
+                "tags": list(t.tags),
+            }
             for n, t in targets.items()
         },
         "skipped": skipped,
         "errors": errors,
-        "environment": {"pyroflows": pyroflows.__version__, "pyroflows_path": pyroflows.__file__,
-                        "torch": torch.__version__, "pyro": pyro.__version__,
-                        "python": platform.python_version(), "machine": platform.machine(),
-                        "threads": torch.get_num_threads()},
+        "environment": {
+            "pyroflows": pyroflows.__version__,
+            "pyroflows_path": pyroflows.__file__,
+            "torch": torch.__version__,
+            "pyro": pyro.__version__,
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "threads": torch.get_num_threads(),
+        },
         "runtime": runtime,
         "updates": updates,
         "summary": rows,

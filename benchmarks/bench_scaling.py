@@ -122,8 +122,14 @@ def run_worker(config: dict) -> dict:
 
     # warm the libraries up on a tiny guide, so that time and memory are the guide's own
     warm_x = torch.randn(NUM_DATA, 2, device=device)
-    fit(model, build_guide(config["guide"], model, config["options"]), warm_x, steps=2,
-        progress=False, report_samples=None)
+    fit(
+        model,
+        build_guide(config["guide"], model, config["options"]),
+        warm_x,
+        steps=2,
+        progress=False,
+        report_samples=None,
+    )
     pyro.clear_param_store()
     result = {**config, "baseline_mib": _status_mib("VmRSS")}
     if device.type == "cuda":
@@ -150,8 +156,9 @@ def run_worker(config: dict) -> dict:
         for _ in range(config["blocks"]):
             timed = fit(model, guide, data, steps=block, progress=False, report_samples=None)
             blocks.append(timed.ms_per_step)
-        result.update(status="ok", ms_per_step=statistics.median(blocks),
-                      steps_timed=block * len(blocks))
+        result.update(
+            status="ok", ms_per_step=statistics.median(blocks), steps_timed=block * len(blocks)
+        )
     except (RuntimeError, MemoryError) as error:
         if not _is_out_of_memory(error):
             raise
@@ -178,11 +185,15 @@ def measure(config: dict) -> dict:
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(config)]
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(config["threads"]))
     try:
-        completed = subprocess.run(command, capture_output=True, text=True, env=env,
-                                   timeout=config["time_cap_s"])
+        completed = subprocess.run(
+            command, capture_output=True, text=True, env=env, timeout=config["time_cap_s"]
+        )
     except subprocess.TimeoutExpired:
-        return {**config, "status": "time cap",
-                "detail": f"build and steps took over {config['time_cap_s']} s"}
+        return {
+            **config,
+            "status": "time cap",
+            "detail": f"build and steps took over {config['time_cap_s']} s",
+        }
     for line in reversed(completed.stdout.splitlines()):
         if line.startswith("{"):
             return json.loads(line)
@@ -211,11 +222,19 @@ def run_scaling(args, save=lambda rows: None) -> list[dict]:
         for dim in args.dims:
             options = args.guide_kwargs.get(name, {})
             label = name + (f" {json.dumps(options)}" if options else "")
-            config = {"guide": name, "label": label, "options": options, "dim": dim,
-                      "device": args.device, "threads": args.threads,
-                      "memory_cap_gb": args.memory_cap_gb, "time_cap_s": args.time_cap_s,
-                      "step_cap_s": args.step_cap_s, "block_s": args.block_s,
-                      "blocks": args.blocks}
+            config = {
+                "guide": name,
+                "label": label,
+                "options": options,
+                "dim": dim,
+                "device": args.device,
+                "threads": args.threads,
+                "memory_cap_gb": args.memory_cap_gb,
+                "time_cap_s": args.time_cap_s,
+                "step_cap_s": args.step_cap_s,
+                "block_s": args.block_s,
+                "blocks": args.blocks,
+            }
             if stopped is not None:
                 row = {**config, "status": "skipped", "detail": stopped}
             else:
@@ -238,15 +257,35 @@ def _train_once(args, processes: int, accelerator: str) -> dict:
     """One run of the regression example; its throughput, or why there is none."""
     example = ROOT / "examples" / "lightning_regression.py"
     out = RESULTS / f".ddp_{accelerator}_{processes}"
-    command = [sys.executable, str(example), "--devices", str(processes),
-               "--accelerator", accelerator, "--size", str(args.ddp_rows),
-               "--features", str(args.ddp_features), "--batch-size", str(args.ddp_batch),
-               "--max-steps", str(args.ddp_steps), "--epochs", "1000",
-               "--report-samples", "0", "--threads", str(args.threads), "--out", str(out)]
+    command = [
+        sys.executable,
+        str(example),
+        "--devices",
+        str(processes),
+        "--accelerator",
+        accelerator,
+        "--size",
+        str(args.ddp_rows),
+        "--features",
+        str(args.ddp_features),
+        "--batch-size",
+        str(args.ddp_batch),
+        "--max-steps",
+        str(args.ddp_steps),
+        "--epochs",
+        "1000",
+        "--report-samples",
+        "0",
+        "--threads",
+        str(args.threads),
+        "--out",
+        str(out),
+    ]
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(args.threads))
     try:
-        completed = subprocess.run(command, capture_output=True, text=True, env=env,
-                                   timeout=args.time_cap_s)
+        completed = subprocess.run(
+            command, capture_output=True, text=True, env=env, timeout=args.time_cap_s
+        )
     except subprocess.TimeoutExpired:
         return {"status": "time cap"}
     if completed.returncode != 0:
@@ -256,8 +295,12 @@ def _train_once(args, processes: int, accelerator: str) -> dict:
     for leftover in out.iterdir():
         leftover.unlink()
     out.rmdir()
-    return {"status": "ok", "steps": summary["steps"], "ms_per_step": summary["ms_per_step"],
-            "rows_per_second": summary["rows_per_second"]}
+    return {
+        "status": "ok",
+        "steps": summary["steps"],
+        "ms_per_step": summary["ms_per_step"],
+        "rows_per_second": summary["rows_per_second"],
+    }
 
 
 def run_data_parallel(args) -> list[dict]:
@@ -279,19 +322,32 @@ def run_data_parallel(args) -> list[dict]:
         for processes in counts:
             run = _train_once(args, processes, accelerator)
             runs[processes].append(run)
-            shown = (f"{run['ms_per_step']:7.2f} ms/step, {run['rows_per_second']:9.0f} rows/s"
-                     if run["status"] == "ok" else run["status"])
-            print(f"  round {round_index + 1}: SVIModule on {processes} {accelerator} "
-                  f"process(es): {shown}", flush=True)
+            shown = (
+                f"{run['ms_per_step']:7.2f} ms/step, {run['rows_per_second']:9.0f} rows/s"
+                if run["status"] == "ok"
+                else run["status"]
+            )
+            print(
+                f"  round {round_index + 1}: SVIModule on {processes} {accelerator} "
+                f"process(es): {shown}",
+                flush=True,
+            )
     rows = []
     for processes, attempts in runs.items():
         ok = [run for run in attempts if run["status"] == "ok"]
-        row = {"processes": processes, "accelerator": accelerator,
-               "rows_per_step": args.ddp_batch * processes, "runs": attempts}
+        row = {
+            "processes": processes,
+            "accelerator": accelerator,
+            "rows_per_step": args.ddp_batch * processes,
+            "runs": attempts,
+        }
         if ok:
-            row.update(status="ok", steps=ok[0]["steps"],
-                       ms_per_step=statistics.median(r["ms_per_step"] for r in ok),
-                       rows_per_second=statistics.median(r["rows_per_second"] for r in ok))
+            row.update(
+                status="ok",
+                steps=ok[0]["steps"],
+                ms_per_step=statistics.median(r["ms_per_step"] for r in ok),
+                rows_per_second=statistics.median(r["rows_per_second"] for r in ok),
+            )
         else:
             row.update(status=attempts[-1]["status"], detail=attempts[-1].get("detail", ""))
         rows.append(row)
@@ -303,9 +359,11 @@ def run_data_parallel(args) -> list[dict]:
     print("|---|---|---|---|---|")
     for row in rows:
         if row["status"] == "ok":
-            print(f"| {row['processes']} {accelerator} | {row['rows_per_step']} | "
-                  f"{row['ms_per_step']:.1f} | {row['rows_per_second']:.0f} | "
-                  f"{row.get('speed_up', float('nan')):.2f} |")
+            print(
+                f"| {row['processes']} {accelerator} | {row['rows_per_step']} | "
+                f"{row['ms_per_step']:.1f} | {row['rows_per_second']:.0f} | "
+                f"{row.get('speed_up', float('nan')):.2f} |"
+            )
         else:
             print(f"| {row['processes']} {accelerator} | {row['status']} | | | |")
     return rows
@@ -340,8 +398,7 @@ def plot(rows: list[dict], path: Path) -> None:
     figure, (time_axis, memory_axis) = plt.subplots(1, 2, figsize=(10, 4))
     for name in dict.fromkeys(row["label"] for row in rows):
         ok = [r for r in rows if r["label"] == name and r["status"] == "ok"]
-        stopped = [r for r in rows
-                   if r["label"] == name and r["status"] not in ("ok", "skipped")]
+        stopped = [r for r in rows if r["label"] == name and r["status"] not in ("ok", "skipped")]
         if not ok:
             continue
         if stopped:
@@ -364,15 +421,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dims", type=int, nargs="+", default=[10, 100, 1000, 10000])
-    parser.add_argument("--guides", nargs="+", default=None,
-                        help="registered names and/or AutoNormal, AutoLowRankMultivariateNormal")
-    parser.add_argument("--guide-kwargs", type=json.loads, default={},
-                        help='JSON {guide: {keyword: value}}, e.g. '
-                             '\'{"iaf": {"skip_connection": false}}\' (default: the defaults)')
+    parser.add_argument(
+        "--guides",
+        nargs="+",
+        default=None,
+        help="registered names and/or AutoNormal, AutoLowRankMultivariateNormal",
+    )
+    parser.add_argument(
+        "--guide-kwargs",
+        type=json.loads,
+        default={},
+        help="JSON {guide: {keyword: value}}, e.g. "
+        '\'{"iaf": {"skip_connection": false}}\' (default: the defaults)',
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--memory-cap-gb", type=float, default=8.0)
-    parser.add_argument("--time-cap-s", type=float, default=300.0,
-                        help="per guide and D: start-up, build and steps")
+    parser.add_argument(
+        "--time-cap-s", type=float, default=300.0, help="per guide and D: start-up, build and steps"
+    )
     parser.add_argument("--step-cap-s", type=float, default=30.0, help="for one step")
     parser.add_argument("--block-s", type=float, default=1.0, help="seconds per timed block")
     parser.add_argument("--blocks", type=int, default=3)
@@ -383,13 +449,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--ddp-features", type=int, default=100)
     parser.add_argument("--ddp-batch", type=int, default=4096, help="rows per process and step")
     parser.add_argument("--ddp-steps", type=int, default=100)
-    parser.add_argument("--ddp-rounds", type=int, default=3,
-                        help="alternating rounds over the process counts (median reported)")
-    parser.add_argument("--json", type=Path, default=None,
-                        help="default benchmarks/results/scaling_<device>.json")
+    parser.add_argument(
+        "--ddp-rounds",
+        type=int,
+        default=3,
+        help="alternating rounds over the process counts (median reported)",
+    )
+    parser.add_argument(
+        "--json", type=Path, default=None, help="default benchmarks/results/scaling_<device>.json"
+    )
     parser.add_argument("--plot", action="store_true", help="also write a PNG beside the JSON")
-    parser.add_argument("--replot", type=Path, default=None,
-                        help="only redraw the PNG of an earlier JSON (beside it)")
+    parser.add_argument(
+        "--replot",
+        type=Path,
+        default=None,
+        help="only redraw the PNG of an earlier JSON (beside it)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -409,14 +484,25 @@ def main(argv=None) -> int:
         raise SystemExit("--device cuda asked for, but torch sees no CUDA device")
     kind = "cuda" if args.device.startswith("cuda") else "cpu"
     path = args.json or RESULTS / f"scaling_{kind}.json"
-    environment = {"torch": torch.__version__, "pyro": pyro.__version__,
-                   "python": platform.python_version(), "cpu_count": os.cpu_count(),
-                   "threads_per_process": args.threads, "machine": platform.machine()}
+    environment = {
+        "torch": torch.__version__,
+        "pyro": pyro.__version__,
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "threads_per_process": args.threads,
+        "machine": platform.machine(),
+    }
     if kind == "cuda":
         environment["gpu"] = torch.cuda.get_device_name()
-    report = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                         if k != "worker"},
-              "environment": environment, "model": f"z ~ N(0, I_D), {NUM_DATA} x_n ~ N(z, I_D)"}
+    report = {
+        "config": {
+            k: (str(v) if isinstance(v, Path) else v)
+            for k, v in vars(args).items()
+            if k != "worker"
+        },
+        "environment": environment,
+        "model": f"z ~ N(0, I_D), {NUM_DATA} x_n ~ N(z, I_D)",
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
 
     def save(rows: list[dict]) -> None:

@@ -33,8 +33,17 @@ DEFAULT_RUNS = "iaf,pyro-iaf,diag,planar,naf,iaf:maf"
 
 def run_one(token: str, passthrough: list[str], threads: int, workdir: Path) -> dict:
     out = workdir / (token.replace(":", "_") + ".json")
-    command = [sys.executable, str(EXAMPLE), "--runs", token, "--threads", str(threads),
-               "--json", str(out), *passthrough]
+    command = [
+        sys.executable,
+        str(EXAMPLE),
+        "--runs",
+        token,
+        "--threads",
+        str(threads),
+        "--json",
+        str(out),
+        *passthrough,
+    ]
     log = workdir / (token.replace(":", "_") + ".log")
     with open(log, "w") as handle:
         completed = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT)
@@ -56,8 +65,20 @@ def throughput(tokens, passthrough, args) -> int:
     """Training images per second only: one run at a time, in alternating rounds, so that every
     posterior sees the same machine load; reports the median over rounds."""
     rates: dict[str, list[float]] = {t: [] for t in tokens}
-    short = ["--epochs", "1", "--warmup-epochs", "0", "--train-size", str(args.train_images),
-             "--test-size", "10", "--nll-images", "2", "--nll-samples", "2"]
+    short = [
+        "--epochs",
+        "1",
+        "--warmup-epochs",
+        "0",
+        "--train-size",
+        str(args.train_images),
+        "--test-size",
+        "10",
+        "--nll-images",
+        "2",
+        "--nll-samples",
+        "2",
+    ]
     environment = None
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.rounds):
@@ -67,21 +88,37 @@ def throughput(tokens, passthrough, args) -> int:
                 environment = report["environment"]
     median = {t: sorted(r)[len(r) // 2] for t, r in rates.items()}
     reference = median.get("pyro-iaf") or median.get("pyro-iaf:normal")
-    lines = [f"training images/s, median of {args.rounds} alternating rounds of one epoch on "
-             f"{args.train_images} images, one run at a time; {environment}",
-             f"{'run':16s} {'img/s':>8s} {'x pyro-iaf':>10s}  all rounds"]
+    lines = [
+        f"training images/s, median of {args.rounds} alternating rounds of one epoch on "
+        f"{args.train_images} images, one run at a time; {environment}",
+        f"{'run':16s} {'img/s':>8s} {'x pyro-iaf':>10s}  all rounds",
+    ]
     for t in tokens:
         ratio = f"{median[t] / reference:.2f}" if reference else ""
-        lines.append(f"{t:16s} {median[t]:8.0f} {ratio:>10s}  "
-                     + " ".join(f"{r:.0f}" for r in rates[t]))
+        lines.append(
+            f"{t:16s} {median[t]:8.0f} {ratio:>10s}  " + " ".join(f"{r:.0f}" for r in rates[t])
+        )
     table = "\n".join(lines)
     print(table)
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({
-        "config": {"runs": tokens, "rounds": args.rounds, "train_images": args.train_images,
-                   "threads": args.threads, "passthrough": passthrough},
-        "environment": environment, "images_per_second": rates, "median": median,
-        "table": table}, indent=1))
+    args.json.write_text(
+        json.dumps(
+            {
+                "config": {
+                    "runs": tokens,
+                    "rounds": args.rounds,
+                    "train_images": args.train_images,
+                    "threads": args.threads,
+                    "passthrough": passthrough,
+                },
+                "environment": environment,
+                "images_per_second": rates,
+                "median": median,
+                "table": table,
+            },
+            indent=1,
+        )
+    )
     args.json.with_suffix(".txt").write_text(table + "\n")
     return 0
 
@@ -92,8 +129,11 @@ def main(argv=None) -> int:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, required=True)
-    parser.add_argument("--throughput", action="store_true",
-                        help="measure training images/s only (alternating one-epoch rounds)")
+    parser.add_argument(
+        "--throughput",
+        action="store_true",
+        help="measure training images/s only (alternating one-epoch rounds)",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--train-images", type=int, default=50000)
     args, passthrough = parser.parse_known_args(argv)
@@ -124,8 +164,10 @@ def main(argv=None) -> int:
         f"K={first['nll_samples']} on {first['nll_images']} test images evenly spaced; "
         f"{reports[0]['environment']}"
     )
-    header = (f"{'run':16s} {'-ELBO':>8s} {'NLL':>8s} {'NLL-diag':>14s} {'NLL-pyroIAF':>14s}"
-              f" {'img/s':>7s} {'x pyroIAF':>9s} {'flow params':>11s}")
+    header = (
+        f"{'run':16s} {'-ELBO':>8s} {'NLL':>8s} {'NLL-diag':>14s} {'NLL-pyroIAF':>14s}"
+        f" {'img/s':>7s} {'x pyroIAF':>9s} {'flow params':>11s}"
+    )
     lines += [header, "-" * len(header)]
     for r in results:
         cells = []
@@ -143,12 +185,17 @@ def main(argv=None) -> int:
     for r in results:
         r.pop("per_image_log_likelihood")
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({
-        "config": reports[0]["config"] | {"runs": tokens, "jobs": args.jobs},
-        "environment": reports[0]["environment"],
-        "results": results,
-        "table": table,
-    }, indent=1))
+    args.json.write_text(
+        json.dumps(
+            {
+                "config": reports[0]["config"] | {"runs": tokens, "jobs": args.jobs},
+                "environment": reports[0]["environment"],
+                "results": results,
+                "table": table,
+            },
+            indent=1,
+        )
+    )
     args.json.with_suffix(".txt").write_text(table + "\n")
     return 0
 

@@ -152,10 +152,12 @@ def main(argv=None) -> int:
         "torch": torch.__version__,
         "lightning": lightning.__version__,
     }
-    print(f"{trainer.world_size} process(es): {steps} steps, "
-          f"{summary['rows_per_second']:.0f} rows/s; posterior mean "
-          f"{[round(v, 4) for v in summary['posterior_mean']]}, exact "
-          f"{[round(v, 4) for v in summary['exact_mean']]}")
+    print(
+        f"{trainer.world_size} process(es): {steps} steps, "
+        f"{summary['rows_per_second']:.0f} rows/s; posterior mean "
+        f"{[round(v, 4) for v in summary['posterior_mean']]}, exact "
+        f"{[round(v, 4) for v in summary['exact_mean']]}"
+    )
     if args.out is not None:
         (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
     return 0

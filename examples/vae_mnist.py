@@ -111,10 +111,12 @@ def build_vae(args: argparse.Namespace, posterior_kind: str, prior_kind: str) ->
 @torch.no_grad()
 def evaluate(vae: BernoulliVAE, data: torch.Tensor, args: argparse.Namespace) -> dict:
     vae.eval()
-    elbo = torch.cat([
-        importance_log_likelihood(vae.model, vae.guide, batch, num_samples=1).elbo
-        for batch in data.split(args.eval_batch_size)
-    ])
+    elbo = torch.cat(
+        [
+            importance_log_likelihood(vae.model, vae.guide, batch, num_samples=1).elbo
+            for batch in data.split(args.eval_batch_size)
+        ]
+    )
     nll_data = spread(data, args.nll_images)
     per_image = []
     per_image_elbo = []
@@ -171,8 +173,11 @@ def train_one(args, data, posterior_kind: str, prior_kind: str) -> dict | None:
             torch.cuda.synchronize()
         train_time += time.perf_counter() - start
         history.append(total / len(train))
-        print(f"  {name:14s} epoch {epoch + 1:3d}  train loss {history[-1]:8.3f}  "
-              f"({train_time:6.1f} s)", flush=True)
+        print(
+            f"  {name:14s} epoch {epoch + 1:3d}  train loss {history[-1]:8.3f}  "
+            f"({train_time:6.1f} s)",
+            flush=True,
+        )
     return finish(args, data, vae, posterior_kind, prior_kind, history, train_time, len(train))
 
 
@@ -221,7 +226,9 @@ def train_with_lightning(args, data, vae: BernoulliVAE, name: str):
 
     optimizer_class = torch.optim.Adamax if args.optimizer == "adamax" else torch.optim.Adam
     module = SVIModule(
-        vae.model, vae.guide, step_kwargs=kl_warmup,
+        vae.model,
+        vae.guide,
+        step_kwargs=kl_warmup,
         optimizer=lambda params: optimizer_class(params, lr=args.lr),
     )
     history: list[float] = []
@@ -231,12 +238,16 @@ def train_with_lightning(args, data, vae: BernoulliVAE, name: str):
             steps = pl_module.history[len(history) * steps_per_epoch :]
             history.append(sum(steps) / max(len(steps), 1) / per_device)
             if trainer.is_global_zero:
-                print(f"  {name:14s} epoch {len(history):3d}  train loss {history[-1]:8.3f}  "
-                      f"({time.perf_counter() - pl_module._train_start:6.1f} s)", flush=True)
+                print(
+                    f"  {name:14s} epoch {len(history):3d}  train loss {history[-1]:8.3f}  "
+                    f"({time.perf_counter() - pl_module._train_start:6.1f} s)",
+                    flush=True,
+                )
 
     generator = torch.Generator().manual_seed(args.seed)
-    loader = DataLoader(TensorDataset(train), batch_size=per_device, shuffle=True,
-                        generator=generator)
+    loader = DataLoader(
+        TensorDataset(train), batch_size=per_device, shuffle=True, generator=generator
+    )
     trainer = lightning.Trainer(
         accelerator="gpu" if args.device.startswith("cuda") else "cpu",
         devices=args.devices,
@@ -256,40 +267,73 @@ def train_with_lightning(args, data, vae: BernoulliVAE, name: str):
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
-                        help="binarized_mnist.npz (a .sha256 file must lie beside it)")
-    parser.add_argument("--runs", default="diag,planar,iaf,naf",
-                        help="comma-separated posterior[:prior] runs")
-    parser.add_argument("--prior", choices=PRIORS, default="normal",
-                        help="prior for runs that name none")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=DEFAULT_DATA,
+        help="binarized_mnist.npz (a .sha256 file must lie beside it)",
+    )
+    parser.add_argument(
+        "--runs", default="diag,planar,iaf,naf", help="comma-separated posterior[:prior] runs"
+    )
+    parser.add_argument(
+        "--prior", choices=PRIORS, default="normal", help="prior for runs that name none"
+    )
     parser.add_argument("--arch", choices=("mlp", "conv"), default="mlp")
-    parser.add_argument("--hidden", type=int, nargs="+", default=[300, 300],
-                        help="MLP widths (encoder; reversed for the decoder)")
+    parser.add_argument(
+        "--hidden",
+        type=int,
+        nargs="+",
+        default=[300, 300],
+        help="MLP widths (encoder; reversed for the decoder)",
+    )
     parser.add_argument("--latent-dim", type=int, default=None, help="default 32 mlp, 64 conv")
-    parser.add_argument("--num-transforms", type=int, default=None,
-                        help="flow layers (default planar 8, iaf 2, naf 2)")
+    parser.add_argument(
+        "--num-transforms",
+        type=int,
+        default=None,
+        help="flow layers (default planar 8, iaf 2, naf 2)",
+    )
     parser.add_argument("--made-layers", type=int, default=1, help="hidden layers per MADE")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--train-size", type=int, default=None, help="use the first N images")
-    parser.add_argument("--test-size", type=int, default=None,
-                        help="evaluate on N test images, evenly spaced")
-    parser.add_argument("--optimizer", choices=("adam", "adamax"), default=None,
-                        help="default adam (mlp), adamax (conv)")
+    parser.add_argument(
+        "--test-size", type=int, default=None, help="evaluate on N test images, evenly spaced"
+    )
+    parser.add_argument(
+        "--optimizer",
+        choices=("adam", "adamax"),
+        default=None,
+        help="default adam (mlp), adamax (conv)",
+    )
     parser.add_argument("--lr", type=float, default=None, help="default 1e-3 adam, 5e-4 adamax")
-    parser.add_argument("--warmup-epochs", type=int, default=2,
-                        help="KL warm-up: the KL weight rises linearly from 0 to 1 (0: none)")
+    parser.add_argument(
+        "--warmup-epochs",
+        type=int,
+        default=2,
+        help="KL warm-up: the KL weight rises linearly from 0 to 1 (0: none)",
+    )
     parser.add_argument("--nll-samples", type=int, default=5000)
     parser.add_argument("--nll-images", type=int, default=10000)
     parser.add_argument("--nll-batch-size", type=int, default=100)
-    parser.add_argument("--nll-chunk", type=int, default=500,
-                        help="importance samples drawn at once per image batch")
+    parser.add_argument(
+        "--nll-chunk",
+        type=int,
+        default=500,
+        help="importance samples drawn at once per image batch",
+    )
     parser.add_argument("--eval-batch-size", type=int, default=1000)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--devices", type=int, default=None,
-                        help="train through pyroflows.lightning.SVIModule on N processes (DDP)")
-    parser.add_argument("--amp", action="store_true",
-                        help="bfloat16 autocast for the encoder and decoder networks")
+    parser.add_argument(
+        "--devices",
+        type=int,
+        default=None,
+        help="train through pyroflows.lightning.SVIModule on N processes (DDP)",
+    )
+    parser.add_argument(
+        "--amp", action="store_true", help="bfloat16 autocast for the encoder and decoder networks"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
@@ -304,11 +348,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--device cuda asked for, but torch sees no CUDA device")
     if args.devices is not None:
         if args.devices < 1 or args.batch_size % args.devices:
-            parser.error(f"--batch-size {args.batch_size} must be a multiple of --devices "
-                         f"{args.devices} (each process takes batch-size / devices images)")
+            parser.error(
+                f"--batch-size {args.batch_size} must be a multiple of --devices "
+                f"{args.devices} (each process takes batch-size / devices images)"
+            )
         if args.device.startswith("cuda") and args.devices > torch.cuda.device_count():
-            parser.error(f"--devices {args.devices} asked for, but torch sees "
-                         f"{torch.cuda.device_count()} CUDA device(s)")
+            parser.error(
+                f"--devices {args.devices} asked for, but torch sees "
+                f"{torch.cuda.device_count()} CUDA device(s)"
+            )
     return args
 
 
@@ -326,24 +374,33 @@ def main(argv=None) -> int:
             continue
         results.append(result)
         r = results[-1]
-        print(f"{r['run']:14s} test -ELBO {r['test_neg_elbo']:7.2f}  NLL {r['test_nll']:7.2f} "
-              f"(K={r['nll_samples']}, {r['nll_images']} images)  "
-              f"{r['images_per_second']:7.0f} img/s", flush=True)
+        print(
+            f"{r['run']:14s} test -ELBO {r['test_neg_elbo']:7.2f}  NLL {r['test_nll']:7.2f} "
+            f"(K={r['nll_samples']}, {r['nll_images']} images)  "
+            f"{r['images_per_second']:7.0f} img/s",
+            flush=True,
+        )
     if not results:
         return 0
     print(f"\n{'run':14s} {'-ELBO':>8s} {'NLL':>8s} {'img/s':>8s} {'params':>9s}")
     for r in results:
-        print(f"{r['run']:14s} {r['test_neg_elbo']:8.2f} {r['test_nll']:8.2f} "
-              f"{r['images_per_second']:8.0f} {r['parameters']:9d}")
+        print(
+            f"{r['run']:14s} {r['test_neg_elbo']:8.2f} {r['test_nll']:8.2f} "
+            f"{r['images_per_second']:8.0f} {r['parameters']:9d}"
+        )
     if args.json:
-        environment = {"torch": torch.__version__, "pyro": pyro.__version__,
-                       "threads": torch.get_num_threads(), "python": sys.version.split()[0]}
+        environment = {
+            "torch": torch.__version__,
+            "pyro": pyro.__version__,
+            "threads": torch.get_num_threads(),
+            "python": sys.version.split()[0],
+        }
         if args.device.startswith("cuda"):
             environment["gpu"] = torch.cuda.get_device_name()
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(
-            {"config": config, "environment": environment, "results": results}, indent=1
-        ))
+        args.json.write_text(
+            json.dumps({"config": config, "environment": environment, "results": results}, indent=1)
+        )
     return 0
 
 

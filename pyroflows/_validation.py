@@ -88,8 +88,10 @@ def _nonfinite_count(value: object) -> tuple[int, int, int] | None:
             int(torch.isneginf(tensor).sum()),
         )
     if isinstance(value, np.ndarray) and np.issubdtype(value.dtype, np.floating):
-        return int(np.isnan(value).sum()), int(np.isposinf(value).sum()), int(
-            np.isneginf(value).sum()
+        return (
+            int(np.isnan(value).sum()),
+            int(np.isposinf(value).sum()),
+            int(np.isneginf(value).sum()),
         )
     return None
 
@@ -105,8 +107,9 @@ def describe_nonfinite_arguments(args: tuple, kwargs: Mapping[str, object]) -> l
         if counts is not None:
             nan, pos, neg = counts
             if nan or pos or neg:
-                parts = [f"{n} {what}" for n, what in ((nan, "NaN"), (pos, "+inf"), (neg, "-inf"))
-                         if n]
+                parts = [
+                    f"{n} {what}" for n, what in ((nan, "NaN"), (pos, "+inf"), (neg, "-inf")) if n
+                ]
                 shape = tuple(value.shape)
                 problems.append(f"{label} ({type(value).__name__}{shape}): {', '.join(parts)}")
             return

@@ -119,12 +119,16 @@ def test_vae_training_steps_on_random_binary_data(flow, prior):
     assert all(math.isfinite(loss) for loss in losses)
     assert sum(losses[-10:]) / 10 < 0.6 * sum(losses[:10]) / 10
     # every module that should learn has moved (zero-initialized flow outputs included)
-    moved = {name.split(".")[0] for name, p in vae.named_parameters() if
-             not torch.equal(p.detach(), before[name])}
+    moved = {
+        name.split(".")[0]
+        for name, p in vae.named_parameters()
+        if not torch.equal(p.detach(), before[name])
+    }
     assert moved == ({"posterior", "decoder"} | ({"prior"} if prior == "maf" else set()))
     if flow != "diag":
         flow_params = [
-            name for name, p in vae.posterior.transforms.named_parameters()
+            name
+            for name, p in vae.posterior.transforms.named_parameters()
             if not torch.equal(p.detach(), before["posterior.transforms." + name])
         ]
         assert flow_params
@@ -157,8 +161,11 @@ def _linear_gaussian(inner_plate: bool):
     b = torch.randn(3, dtype=torch.float64)
     sigma = 0.5
     n = 12
-    x = (torch.randn(n, 2, dtype=torch.float64) @ W.T + b
-         + sigma * torch.randn(n, 3, dtype=torch.float64))
+    x = (
+        torch.randn(n, 2, dtype=torch.float64) @ W.T
+        + b
+        + sigma * torch.randn(n, 3, dtype=torch.float64)
+    )
     data_dim = -2 if inner_plate else -1
 
     def model(x, inflate=1.0):

@@ -82,12 +82,18 @@ def test_fit_names_a_bad_argument_before_doing_anything(arguments, error, messag
         (lambda g: free_energy_report(model, g, Y, num_samples=10), r"num_samples .* >= 100"),
         (lambda g: to_inference_data(model, g, Y, num_samples=40), r"num_samples .* >= 100"),
         (lambda g: to_inference_data(model, g, Y, num_chains=0), r"num_chains must be .* >= 1"),
-        (lambda g: to_inference_data(model, g, Y, num_samples=402, num_chains=4),
-         r"multiple of num_chains"),
-        (lambda g: to_inference_data(model, g, Y, posterior_predictive="yes"),
-         r"posterior_predictive must be True or False"),
-        (lambda g: importance_log_likelihood(model, g, Y, num_samples=0),
-         r"num_samples must be .* >= 1"),
+        (
+            lambda g: to_inference_data(model, g, Y, num_samples=402, num_chains=4),
+            r"multiple of num_chains",
+        ),
+        (
+            lambda g: to_inference_data(model, g, Y, posterior_predictive="yes"),
+            r"posterior_predictive must be True or False",
+        ),
+        (
+            lambda g: importance_log_likelihood(model, g, Y, num_samples=0),
+            r"num_samples must be .* >= 1",
+        ),
     ],
 )
 def test_diagnostics_name_a_bad_argument(call, message):
@@ -167,10 +173,10 @@ def test_report_diagnose_and_export_share_one_default_draw_count():
     defaults = {
         "fit.report_samples": inspect.signature(fit).parameters["report_samples"].default,
         "diagnose": inspect.signature(diagnose).parameters["num_samples"].default,
-        "to_inference_data": inspect.signature(to_inference_data).parameters[
-            "num_samples"].default,
-        "free_energy_report": inspect.signature(free_energy_report).parameters[
-            "num_samples"].default,
+        "to_inference_data": inspect.signature(to_inference_data).parameters["num_samples"].default,
+        "free_energy_report": inspect.signature(free_energy_report)
+        .parameters["num_samples"]
+        .default,
     }
     assert set(defaults.values()) == {DEFAULT_NUM_DRAWS}, defaults
     assert DEFAULT_NUM_DRAWS >= 2000  # k-hat near 0.7 needs about 10^(1/0.3) = 2154 draws

@@ -50,9 +50,7 @@ def test_psislw_leaves_light_tailed_weights_nearly_as_they_are():
     assert abs(np.sum(np.exp(smoothed) * test_function) - raw) < 1e-3
     # the torch-facing helpers agree with the compat module
     assert pareto_khat(torch.as_tensor(log_weights)) == pytest.approx(khat)
-    assert torch.allclose(
-        psis_log_weights(torch.as_tensor(log_weights)), torch.as_tensor(smoothed)
-    )
+    assert torch.allclose(psis_log_weights(torch.as_tensor(log_weights)), torch.as_tensor(smoothed))
 
 
 def test_inference_data_keeps_per_group_dims_coords_and_attrs():
@@ -71,8 +69,7 @@ def test_inference_data_keeps_per_group_dims_coords_and_attrs():
         coords={"school": ["a", "b", "c"], "unused": [1, 2]},
         attrs={"guide": "AutoIAF", "khat": 0.25},
     )
-    assert set(_arviz_compat.group_names(data)) == {
-        "posterior", "log_likelihood", "observed_data"}
+    assert set(_arviz_compat.group_names(data)) == {"posterior", "log_likelihood", "observed_data"}
     assert data["posterior"]["theta"].dims == ("chain", "draw", "school")
     assert list(data["posterior"]["school"].values) == ["a", "b", "c"]
     assert data["log_likelihood"]["y"].dims == ("chain", "draw", "school")
@@ -95,7 +92,9 @@ def test_plot_pair_draws_marginals_and_a_scatter():
     rng = np.random.default_rng(3)
     data = _arviz_compat.inference_data(
         {"posterior": {"a": rng.standard_normal((2, 50)), "b": rng.standard_normal((2, 50))}},
-        {}, {}, {},
+        {},
+        {},
+        {},
     )
     plt.close("all")
     with warnings.catch_warnings():

@@ -47,8 +47,14 @@ def schools_idata():
     guide = pyroflows.AutoIAF(eight_schools)
     pyroflows.fit(eight_schools, guide, Y, SIGMA, steps=300, progress=False, report_samples=0)
     idata = pyroflows.to_inference_data(
-        eight_schools, guide, Y, SIGMA, num_samples=400, num_chains=4,
-        coords={"school": SCHOOLS}, posterior_predictive=True,
+        eight_schools,
+        guide,
+        Y,
+        SIGMA,
+        num_samples=400,
+        num_chains=4,
+        coords={"school": SCHOOLS},
+        posterior_predictive=True,
     )
     return guide, idata
 
@@ -56,7 +62,12 @@ def schools_idata():
 def test_groups_shapes_dims_and_coords(schools_idata):
     _, idata = schools_idata
     assert set(_arviz_compat.group_names(idata)) >= {
-        "posterior", "sample_stats", "log_likelihood", "posterior_predictive", "observed_data"}
+        "posterior",
+        "sample_stats",
+        "log_likelihood",
+        "posterior_predictive",
+        "observed_data",
+    }
     post = idata.posterior
     assert post["mu"].dims == ("chain", "draw")
     assert post["mu"].shape == (4, 100)
@@ -130,8 +141,14 @@ def test_nested_plates_and_simplex_site():
     guide = pyroflows.AutoIAF(nested)
     guide(data)
     idata = pyroflows.to_inference_data(
-        nested, guide, data, num_samples=120, num_chains=3, chunk_size=25,
-        coords={"item": list("abcde")}, dims={"weights": ["component"]},
+        nested,
+        guide,
+        data,
+        num_samples=120,
+        num_chains=3,
+        chunk_size=25,
+        coords={"item": list("abcde")},
+        dims={"weights": ["component"]},
     )
     post = idata.posterior
     assert post["weights"].dims == ("chain", "draw", "component")
@@ -222,9 +239,7 @@ def test_draws_are_shared_between_export_and_diagnosis(schools_idata):
         eight_schools, guide, Y, SIGMA, num_samples=200, draws=draws
     )
     assert math.isclose(diagnosis.khat, idata.posterior.attrs["khat"], rel_tol=1e-9)
-    assert math.isclose(
-        diagnosis.raw_mean["mu"], float(idata.posterior["mu"].mean()), rel_tol=1e-5
-    )
+    assert math.isclose(diagnosis.raw_mean["mu"], float(idata.posterior["mu"].mean()), rel_tol=1e-5)
 
 
 def test_plots_draw_on_agg(schools_idata):
@@ -234,8 +249,15 @@ def test_plots_draw_on_agg(schools_idata):
 
     guide, idata = schools_idata
     pyro.clear_param_store()
-    result = pyroflows.fit(eight_schools, pyroflows.AutoIAF(eight_schools), Y, SIGMA,
-                           steps=60, progress=False, report_samples=100)
+    result = pyroflows.fit(
+        eight_schools,
+        pyroflows.AutoIAF(eight_schools),
+        Y,
+        SIGMA,
+        steps=60,
+        progress=False,
+        report_samples=100,
+    )
     ax = plot_free_energy({"AutoIAF": result}, window=10)
     assert len(ax.lines) == 3  # raw trace, running mean, -IW bound
     import matplotlib.pyplot as plt

@@ -104,11 +104,28 @@ def test_time_to_quality_is_the_first_time_within_the_goal():
 
 def test_one_short_run_on_a_tiny_target_gives_every_metric():
     """AutoIAF through fit (capped at 1 s) and one peer for the same time on the 2-D banana."""
-    options = bench_accuracy.parse_options([
-        "--targets", "banana_2", "--guides", "iaf", "--peers", "AutoMultivariateNormal",
-        "--seeds", "1", "--max-seconds", "1", "--min-seconds", "1", "--eval-samples", "1000",
-        "--curve-samples", "200", "--output", "/dev/null",
-    ])
+    options = bench_accuracy.parse_options(
+        [
+            "--targets",
+            "banana_2",
+            "--guides",
+            "iaf",
+            "--peers",
+            "AutoMultivariateNormal",
+            "--seeds",
+            "1",
+            "--max-seconds",
+            "1",
+            "--min-seconds",
+            "1",
+            "--eval-samples",
+            "1000",
+            "--curve-samples",
+            "200",
+            "--output",
+            "/dev/null",
+        ]
+    )
     records = bench_accuracy.run_unit("banana_2", 0, options)
     assert [r["guide"] for r in records] == ["AutoIAF", "AutoMultivariateNormal"]
     for record in records:

@@ -33,9 +33,7 @@ def _normal_mean_problem(num_data: int, seed: int = 0):
     precision = 1 / PRIOR_SD**2 + num_data
     mean, sd = float(y.sum() / precision), precision**-0.5
     evidence_cov = torch.eye(num_data, dtype=torch.float64) + PRIOR_SD**2
-    log_z = float(
-        dist.MultivariateNormal(torch.zeros_like(y), evidence_cov).log_prob(y)
-    )
+    log_z = float(dist.MultivariateNormal(torch.zeros_like(y), evidence_cov).log_prob(y))
     return y, mean, sd, log_z
 
 
@@ -86,9 +84,7 @@ def test_the_export_of_a_subsampled_model_holds_every_unscaled_data_point():
     assert torch.allclose(
         draws.log_joint, dist.Normal(0.0, PRIOR_SD).log_prob(mu) + expected.sum(-1)
     )
-    idata = pyroflows.to_inference_data(
-        subsampled_model, guide, y, num_samples=200, draws=draws
-    )
+    idata = pyroflows.to_inference_data(subsampled_model, guide, y, num_samples=200, draws=draws)
     assert idata["log_likelihood"]["obs"].shape == (4, 50, 1050)
 
 
@@ -102,9 +98,7 @@ def test_local_latents_under_a_subsampled_plate_share_the_global_draw():
     precision = 1 / PRIOR_SD**2 + num_data / 2  # y_i | mu ~ N(mu, 2)
     mean, sd = float(y.sum() / 2 / precision), precision**-0.5
     evidence_cov = 2 * torch.eye(num_data, dtype=torch.float64) + PRIOR_SD**2
-    log_z = float(
-        dist.MultivariateNormal(torch.zeros_like(y), evidence_cov).log_prob(y)
-    )
+    log_z = float(dist.MultivariateNormal(torch.zeros_like(y), evidence_cov).log_prob(y))
 
     def model(y):
         mu = pyro.sample("mu", dist.Normal(torch.tensor(0.0, dtype=y.dtype), PRIOR_SD))

@@ -17,7 +17,9 @@ def test_gpu_check_fails_fast_without_cuda():
     completed = subprocess.run(
         ["bash", str(ROOT / "benchmarks" / "gpu_check.sh")],
         env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable},
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert completed.returncode == 2
     assert "torch sees no CUDA device" in completed.stderr and "--dry-run" in completed.stderr

@@ -50,8 +50,16 @@ def _calls_before_the_first_step() -> int:
     pyro.set_rng_seed(0)  # as the runs below: the Laplace start's L-BFGS calls depend on it
     model = _model(hook)
     # without the start check, which runs the model again after the last step
-    fit(model, AutoIAF(model), X, Y, steps=1, progress=False, report_samples=None,
-        compare_start=False)
+    fit(
+        model,
+        AutoIAF(model),
+        X,
+        Y,
+        steps=1,
+        progress=False,
+        report_samples=None,
+        compare_start=False,
+    )
     pyro.clear_param_store()
     return last[0] - 1
 
@@ -160,8 +168,16 @@ def test_a_killed_run_resumed_from_its_checkpoint_ends_bit_for_bit_where_an_unin
     pyro.set_rng_seed(0)
     model = _model(die)
     with pytest.raises(_Killed):
-        fit(model, AutoIAF(model), X, Y, steps=STEPS, progress=False, checkpoint=path,
-            checkpoint_every=10)
+        fit(
+            model,
+            AutoIAF(model),
+            X,
+            Y,
+            steps=STEPS,
+            progress=False,
+            checkpoint=path,
+            checkpoint_every=10,
+        )
     saved = checkpoint_module.load_checkpoint(path)
     assert saved["step"] == 40 and len(saved["history"]) == 40
     assert not [p for p in tmp_path.iterdir() if p.name != "fit.pt"]  # no temporary file left
@@ -209,8 +225,9 @@ def test_resume_refuses_other_settings_guides_and_finished_runs(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         fit(model, AutoIAF(model), X, Y, resume=tmp_path / "missing.pt", progress=False)
     # a larger total continues the run
-    longer = fit(model, result.guide, X, Y, resume=result, steps=30, progress=False,
-                 report_samples=None)
+    longer = fit(
+        model, result.guide, X, Y, resume=result, steps=30, progress=False, report_samples=None
+    )
     assert longer.steps == 30
 
 
@@ -219,7 +236,8 @@ def test_a_process_killed_with_sigkill_resumes_from_its_checkpoint(tmp_path):
     """The real thing: three processes (uninterrupted; killed at step 47 with SIGKILL; resumed)
     on one torch thread each; the final parameters must be bitwise equal."""
     script = tmp_path / "run.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import os, signal, sys
         import torch
         torch.set_num_threads(1)
@@ -241,14 +259,18 @@ def test_a_process_killed_with_sigkill_resumes_from_its_checkpoint(tmp_path):
             options.update(checkpoint=path, checkpoint_every=10)
         fit(model, AutoIAF(model), X, Y, **options)
         torch.save(_params(), out)
-    """))
+    """)
+    )
     environment = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     path = tmp_path / "fit.pt"
 
     def run(mode):
         return subprocess.run(
             [sys.executable, str(script), mode, str(path), str(tmp_path / f"{mode}.pt")],
-            env=environment, capture_output=True, text=True, timeout=300,
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
 
     killed = run("killed")
@@ -257,6 +279,4 @@ def test_a_process_killed_with_sigkill_resumes_from_its_checkpoint(tmp_path):
     for mode in ("resumed", "uninterrupted"):
         finished = run(mode)
         assert finished.returncode == 0, finished.stderr
-    _assert_same(
-        torch.load(tmp_path / "resumed.pt"), torch.load(tmp_path / "uninterrupted.pt")
-    )
+    _assert_same(torch.load(tmp_path / "resumed.pt"), torch.load(tmp_path / "uninterrupted.pt"))

@@ -185,7 +185,8 @@ def test_training_resumes_from_a_lightning_checkpoint(tmp_path):
     checkpoint = lightning.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True)
     first = SVIModule(regression, pyroflows.AutoIAF(regression), lr=0.05)
     _trainer(max_steps=10, enable_checkpointing=True, callbacks=[checkpoint]).fit(
-        first, _loader(X, y))
+        first, _loader(X, y)
+    )
     pyro.clear_param_store()  # as in a new process
     guide = pyroflows.AutoIAF(regression)
     resumed = SVIModule(regression, guide, lr=0.05)
@@ -256,8 +257,11 @@ def test_batch_weighed_as_the_whole_data_set_is_named():
             pyro.sample("y", dist.Normal((X * w).sum(-1), 0.5), obs=y)
 
     module = SVIModule(model, pyroflows.AutoIAF(model))
-    with pytest.raises(ValueError, match=r"batch of 32 rows as if it were the whole data set of "
-                       r"256.*pyro.plate\('data', 256, subsample_size"):
+    with pytest.raises(
+        ValueError,
+        match=r"batch of 32 rows as if it were the whole data set of "
+        r"256.*pyro.plate\('data', 256, subsample_size",
+    ):
         _trainer().fit(module, _loader(X, y))
     # the same model on the whole data set in one batch is right
     SVIModule(model, pyroflows.AutoIAF(model)).initialize((X, y), N)
@@ -271,8 +275,11 @@ def test_full_size_plate_without_subsample_gets_a_hint():
         with pyro.plate("data", N):
             pyro.sample("y", dist.Normal((X * w).sum(-1), 0.5), obs=y)
 
-    with pytest.raises(ValueError, match=r"plate\('data'\).*256 vs 32: SVIModule calls "
-                       r"model\(\*batch\) with batches of 32 rows.*subsample_size=len"):
+    with pytest.raises(
+        ValueError,
+        match=r"plate\('data'\).*256 vs 32: SVIModule calls "
+        r"model\(\*batch\) with batches of 32 rows.*subsample_size=len",
+    ):
         SVIModule(model, AutoNormal(model)).initialize((X[:32], y[:32]), N)
 
 
@@ -328,7 +335,11 @@ def _run_example(out: Path, *arguments: str) -> dict:
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     completed = subprocess.run(
         [sys.executable, str(EXAMPLE), "--out", str(out), *arguments],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     return json.loads((out / "summary.json").read_text())
@@ -339,8 +350,18 @@ def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path):
     """Bayesian linear regression (N = 4096, 3 features; exact Gaussian posterior, sd ≈ 0.016)
     with AutoIAF, 640 steps of a global batch of 512 rows: two gloo processes of 256 rows each
     against one process of 512 rows, same seeds, lr and schedule."""
-    common = ["--size", "4096", "--epochs", "80", "--lr", "0.01", "--seed", "1",
-              "--report-samples", "500"]
+    common = [
+        "--size",
+        "4096",
+        "--epochs",
+        "80",
+        "--lr",
+        "0.01",
+        "--seed",
+        "1",
+        "--report-samples",
+        "500",
+    ]
     ddp = _run_example(tmp_path / "ddp", "--devices", "2", "--batch-size", "256", *common)
     single = _run_example(tmp_path / "single", "--devices", "1", "--batch-size", "512", *common)
     assert ddp["processes"] == 2 and single["processes"] == 1

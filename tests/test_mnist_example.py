@@ -30,8 +30,14 @@ def _write(tmp_path, arrays, checksum=None):
 
 
 def _full_size(**overrides):
-    arrays = {name: np.zeros(shape, np.uint8) for name, shape in
-              {"train": (50000, 784), "valid": (10000, 784), "test": (10000, 784)}.items()}
+    arrays = {
+        name: np.zeros(shape, np.uint8)
+        for name, shape in {
+            "train": (50000, 784),
+            "valid": (10000, 784),
+            "test": (10000, 784),
+        }.items()
+    }
     arrays.update(overrides)
     return arrays
 
@@ -76,7 +82,10 @@ def test_checksum_can_be_given_as_a_digest(tmp_path):
 def test_real_file_loads_with_the_documented_shapes_and_mean():
     data = load_binarized_mnist(DATA)
     assert {k: tuple(v.shape) for k, v in data.items()} == {
-        "train": (50000, 784), "valid": (10000, 784), "test": (10000, 784)}
+        "train": (50000, 784),
+        "valid": (10000, 784),
+        "test": (10000, 784),
+    }
     assert abs(float(data["train"].mean()) - 0.1306) < 1e-4
 
 
@@ -91,15 +100,37 @@ def _example():
 @pytest.mark.parametrize("arch,runs", [("mlp", "diag,iaf:maf,pyro-iaf"), ("conv", "planar")])
 def test_vae_example_end_to_end(tmp_path, arch, runs):
     out = tmp_path / "vae.json"
-    argv = ["--data", str(DATA), "--arch", arch, "--runs", runs, "--epochs", "1",
-            "--train-size", "200", "--test-size", "100", "--nll-images", "10",
-            "--nll-samples", "40", "--nll-chunk", "20", "--hidden", "64", "--json", str(out)]
+    argv = [
+        "--data",
+        str(DATA),
+        "--arch",
+        arch,
+        "--runs",
+        runs,
+        "--epochs",
+        "1",
+        "--train-size",
+        "200",
+        "--test-size",
+        "100",
+        "--nll-images",
+        "10",
+        "--nll-samples",
+        "40",
+        "--nll-chunk",
+        "20",
+        "--hidden",
+        "64",
+        "--json",
+        str(out),
+    ]
     if arch == "conv":
         argv += ["--latent-dim", "8", "--batch-size", "50"]
     assert _example().main(argv) == 0
     report = json.loads(out.read_text())
     assert [r["run"] for r in report["results"]] == [
-        token if ":" in token else token + ":normal" for token in runs.split(",")]
+        token if ":" in token else token + ":normal" for token in runs.split(",")
+    ]
     for r in report["results"]:
         assert r["nll_samples"] == 40 and r["nll_images"] == 10
         assert r["test_images_elbo"] == 100
@@ -115,9 +146,26 @@ def test_example_refuses_a_bad_data_file(tmp_path):
         _example().main(["--data", str(path), "--runs", "diag"])
 
 
-_SMALL_RUN = ["--runs", "diag,iaf:maf", "--epochs", "2", "--train-size", "400", "--test-size",
-              "100", "--nll-images", "10", "--nll-samples", "40", "--nll-chunk", "20",
-              "--hidden", "64", "--batch-size", "100"]
+_SMALL_RUN = [
+    "--runs",
+    "diag,iaf:maf",
+    "--epochs",
+    "2",
+    "--train-size",
+    "400",
+    "--test-size",
+    "100",
+    "--nll-images",
+    "10",
+    "--nll-samples",
+    "40",
+    "--nll-chunk",
+    "20",
+    "--hidden",
+    "64",
+    "--batch-size",
+    "100",
+]
 
 
 @needs_data
@@ -150,9 +198,24 @@ def test_vae_example_on_two_ddp_processes(tmp_path):
     out = tmp_path / "vae.json"
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     completed = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "vae_mnist.py"), "--data", str(DATA),
-         *_SMALL_RUN, "--devices", "2", "--threads", "1", "--json", str(out)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(ROOT / "examples" / "vae_mnist.py"),
+            "--data",
+            str(DATA),
+            *_SMALL_RUN,
+            "--devices",
+            "2",
+            "--threads",
+            "1",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     report = json.loads(out.read_text())  # written by rank 0 only

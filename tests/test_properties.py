@@ -68,8 +68,11 @@ def build_model(spec: ModelSpec):
         if spec.discrete:
             pyro.sample("count", dist.Categorical(torch.ones(3, dtype=spec.dtype) / 3))
         if spec.observed:
-            pyro.sample("obs", dist.Normal(torch.zeros((), dtype=spec.dtype), 1.0),
-                        obs=torch.tensor(0.5, dtype=spec.dtype))
+            pyro.sample(
+                "obs",
+                dist.Normal(torch.zeros((), dtype=spec.dtype), 1.0),
+                obs=torch.tensor(0.5, dtype=spec.dtype),
+            )
 
     return model
 
@@ -97,7 +100,9 @@ broken_specs = st.builds(
 ).filter(lambda spec: spec.discrete or not spec.sites)
 
 HYPOTHESIS = settings(
-    max_examples=10, deadline=None, derandomize=True,
+    max_examples=10,
+    deadline=None,
+    derandomize=True,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 

@@ -99,6 +99,7 @@ def test_a_fit_stopped_while_improving_is_not_called_good():
     assert result.converged is False
     assert result.verdict in ("not converged", "unreliable")  # never "good" or "ok"
     assert "still improving" in result.convergence and "convergence:" in str(result)
-    capped = pyroflows.fit(far, pyroflows.AutoIAF(far, init="median"), lr=1e-3,
-                           max_steps=600, progress=False)
+    capped = pyroflows.fit(
+        far, pyroflows.AutoIAF(far, init="median"), lr=1e-3, max_steps=600, progress=False
+    )
     assert capped.converged is False and "max_steps reached" in capped.convergence

@@ -65,7 +65,12 @@ def test_the_start_check_carries_over_a_resume():
     first, _ = _fit(problem, pyroflows.AutoIAF, steps=100, report_samples=None)
     assert first.start_params is not None
     resumed = fit(
-        problem.model, first.guide, *problem.args, steps=200, resume=first, progress=False,
+        problem.model,
+        first.guide,
+        *problem.args,
+        steps=200,
+        resume=first,
+        progress=False,
         report_samples=None,
     )
     assert resumed.start_params is first.start_params

@@ -194,17 +194,25 @@ class TrainedGuide:
             return self.to_evaluate(self.guide)
         return self.guide
 
-    def evaluate_state(self, state: dict[str, torch.Tensor], num_samples: int,
-                       reference: ReferenceMoments, diagnose: bool = True) -> dict:
+    def evaluate_state(
+        self,
+        state: dict[str, torch.Tensor],
+        num_samples: int,
+        reference: ReferenceMoments,
+        diagnose: bool = True,
+    ) -> dict:
         """:func:`evaluate_guide` of the guide at ``state``; a guide that cannot be built
         gets ``{"error": ...}`` instead of figures."""
         try:
             guide = self.evaluation_guide(state)
         except Exception as error:
-            return {"num_samples": num_samples,
-                    "error": f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"}
-        return evaluate_guide(self.target, guide, num_samples, reference=reference,
-                              diagnose=diagnose)
+            return {
+                "num_samples": num_samples,
+                "error": f"{type(error).__name__}: {str(error).splitlines()[0][:200]}",
+            }
+        return evaluate_guide(
+            self.target, guide, num_samples, reference=reference, diagnose=diagnose
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -497,8 +505,9 @@ def evaluate_guide(
     pyro.set_rng_seed(seed)
     metrics: dict = {"num_samples": num_samples}
     try:
-        draws = draw_posterior(target.model, guide, *target.args, num_samples=num_samples,
-                               chunk_size=500)
+        draws = draw_posterior(
+            target.model, guide, *target.args, num_samples=num_samples, chunk_size=500
+        )
     except Exception as error:  # a broken guide (NaN parameters, a failed Cholesky...)
         metrics["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
         return metrics
@@ -521,8 +530,9 @@ def evaluate_guide(
     metrics["log_sd_error_max"] = float(log_sd_error.max())
     metrics["log_sd_error_mean"] = float(log_sd_error.mean())
     metrics["sd_error"] = float(np.maximum(mean_error, log_sd_error).max())
-    metrics["worst_coordinate"] = reference.names[int(np.argmax(np.maximum(mean_error,
-                                                                           log_sd_error)))]
+    metrics["worst_coordinate"] = reference.names[
+        int(np.argmax(np.maximum(mean_error, log_sd_error)))
+    ]
     if diagnose:
         try:
             # diagnose(guide, model, ...) until issue 10, diagnose(model, guide, ...) after it

@@ -67,21 +67,28 @@ REFERENCE_RUNS: dict[str, tuple[str, tuple[str, ...], dict]] = {
         {"target_accept_prob": 0.95, "full_mass": False},
     ),
     "breast_cancer_logistic.npz": (
-        "breast_cancer_logistic", ("breast_cancer_logistic",),
+        "breast_cancer_logistic",
+        ("breast_cancer_logistic",),
         {"target_accept_prob": 0.9, "full_mass": True},
     ),
     "diabetes_linear.npz": (
-        "diabetes_linear", ("diabetes_linear",), {"target_accept_prob": 0.9, "full_mass": True}
+        "diabetes_linear",
+        ("diabetes_linear",),
+        {"target_accept_prob": 0.9, "full_mass": True},
     ),
     "wine_multinomial.npz": (
-        "wine_multinomial", ("wine_multinomial",), {"target_accept_prob": 0.9, "full_mass": True}
+        "wine_multinomial",
+        ("wine_multinomial",),
+        {"target_accept_prob": 0.9, "full_mass": True},
     ),
     "iris_hierarchical.npz": (
-        "iris_hierarchical", ("iris_hierarchical",),
+        "iris_hierarchical",
+        ("iris_hierarchical",),
         {"target_accept_prob": 0.95, "full_mass": True},
     ),
     "synthetic_logistic.npz": (
-        "synthetic_logistic_5", ("synthetic_logistic_5",),
+        "synthetic_logistic_5",
+        ("synthetic_logistic_5",),
         {"target_accept_prob": 0.9, "full_mass": True},
     ),
 }
@@ -107,7 +114,12 @@ DIVERGENCES_ACCEPTED = {"iris_hierarchical.npz"}
 
 
 def run_chains(
-    model: Callable, args: tuple, num_chains: int, warmup: int, samples: int, seed: int,
+    model: Callable,
+    args: tuple,
+    num_chains: int,
+    warmup: int,
+    samples: int,
+    seed: int,
     nuts_options: dict,
 ) -> tuple[dict[str, torch.Tensor], list[int]]:
     """``num_chains`` NUTS chains in turn; returns ``{site: (chains, samples, *shape)}`` and the
@@ -118,8 +130,9 @@ def run_chains(
         pyro.clear_param_store()
         pyro.set_rng_seed(seed + chain)
         kernel = NUTS(model, jit_compile=True, ignore_jit_warnings=True, **nuts_options)
-        mcmc = MCMC(kernel, num_samples=samples, warmup_steps=warmup, num_chains=1,
-                    disable_progbar=True)
+        mcmc = MCMC(
+            kernel, num_samples=samples, warmup_steps=warmup, num_chains=1, disable_progbar=True
+        )
         mcmc.run(*args)
         per_chain.append({k: v.detach() for k, v in mcmc.get_samples().items()})
         diagnostics = mcmc.diagnostics()
@@ -139,16 +152,23 @@ def make_reference(file_name: str, options: argparse.Namespace) -> dict:
     target = build_target(run_target)
     start = time.perf_counter()
     draws, divergences = run_chains(
-        target.model, target.args, options.chains, options.warmup, options.samples,
-        options.seed, nuts_options,
+        target.model,
+        target.args,
+        options.chains,
+        options.warmup,
+        options.samples,
+        options.seed,
+        nuts_options,
     )
     seconds = time.perf_counter() - start
     sites = target.sites
     if file_name in DERIVED:
         derive, extra_sites = DERIVED[file_name]
         flat_draws = {k: v.reshape((-1,) + v.shape[2:]) for k, v in draws.items()}
-        draws = {k: v.reshape((options.chains, options.samples) + v.shape[1:])
-                 for k, v in derive(flat_draws).items()}
+        draws = {
+            k: v.reshape((options.chains, options.samples) + v.shape[1:])
+            for k, v in derive(flat_draws).items()
+        }
         sites = sites + extra_sites
     names = coordinate_names(sites)
     chains = np.stack(
@@ -167,10 +187,10 @@ def make_reference(file_name: str, options: argparse.Namespace) -> dict:
         "min_ess": float(ess.min()),
         "divergences": divergences,
     }
-    failed = [n for n, r, e in zip(names, rhat, ess, strict=True)
-              if not (r < RHAT_MAX and e >= ESS_MIN)]
-    if sum(divergences) and not (options.allow_divergences or file_name in
-                                 DIVERGENCES_ACCEPTED):
+    failed = [
+        n for n, r, e in zip(names, rhat, ess, strict=True) if not (r < RHAT_MAX and e >= ESS_MIN)
+    ]
+    if sum(divergences) and not (options.allow_divergences or file_name in DIVERGENCES_ACCEPTED):
         raise RuntimeError(
             f"{file_name}: {divergences} divergent transitions per chain: the draws may be "
             f"biased; reparametrize the model or pass --allow-divergences"

@@ -265,8 +265,10 @@ class Target:
             raise ValueError(f"target {self.name!r} has neither exact moments nor a reference")
         reference = load_reference(self.reference_file)
         recorded = reference.metadata.get("fingerprints", {}).get(self.name)
-        if recorded is not None and self.fingerprint and not np.allclose(
-            np.asarray(recorded), np.asarray(self.fingerprint), rtol=1e-5
+        if (
+            recorded is not None
+            and self.fingerprint
+            and not np.allclose(np.asarray(recorded), np.asarray(self.fingerprint), rtol=1e-5)
         ):
             raise ValueError(
                 f"target {self.name!r}: its data differ from those the reference draws in "
@@ -332,8 +334,9 @@ def ill_conditioned_gaussian(
     scale_tril = torch.linalg.cholesky(covariance)
     low, high = mean_range
     magnitude = torch.exp(
-        math.log(low) + (math.log(high) - math.log(low)) * torch.rand(dim, generator=generator,
-                                                                      dtype=torch.float64)
+        math.log(low)
+        + (math.log(high) - math.log(low))
+        * torch.rand(dim, generator=generator, dtype=torch.float64)
     )
     sign = torch.where(torch.rand(dim, generator=generator, dtype=torch.float64) < 0.5, -1.0, 1.0)
     mean = magnitude * sign
@@ -386,8 +389,14 @@ def _funnel_target(name: str, dim: int, log_scale_sd: float, development: bool) 
     )
 
 
-def banana_nd(name: str, dim: int, scale: float, curvatures: tuple[float, float], width: float,
-              development: bool) -> Target:
+def banana_nd(
+    name: str,
+    dim: int,
+    scale: float,
+    curvatures: tuple[float, float],
+    width: float,
+    development: bool,
+) -> Target:
     """A banana in ``dim`` dimensions: ``a ~ N(0, scale^2)`` and, for ``k = 1..dim-1``,
     ``b_k ~ N(c_k (a^2 - scale^2), width^2)`` with curvatures ``c_k`` evenly spaced in
     ``curvatures``. Every ``b_k`` bends around ``a``; normalized, ``log Z = 0``."""
@@ -451,8 +460,9 @@ def gaussian_mixture_2d(
     dtype = torch.get_default_dtype()
     mixture = dist.MixtureSameFamily(
         dist.Categorical(torch.tensor(weights, dtype=dtype)),
-        dist.Normal(torch.tensor(centers, dtype=dtype), torch.tensor(scales, dtype=dtype))
-        .to_event(1),
+        dist.Normal(torch.tensor(centers, dtype=dtype), torch.tensor(scales, dtype=dtype)).to_event(
+            1
+        ),
     )
     reach = max(abs(c) for center in centers for c in center) + 3 * max(max(s) for s in scales)
 
@@ -466,7 +476,9 @@ def gaussian_mixture_2d(
 
     def sampler(num: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         component = torch.multinomial(
-            torch.tensor(weights, dtype=torch.float64), num, replacement=True,
+            torch.tensor(weights, dtype=torch.float64),
+            num,
+            replacement=True,
             generator=generator,
         )
         noise = torch.randn(num, 2, generator=generator, dtype=torch.float64)
@@ -514,9 +526,17 @@ def ring_2d(name: str, radius: float, width: float, development: bool) -> Target
     a base site plus a factor, ``log Z = 0``. The base is centred slightly off the origin so
     that ``init_to_median`` does not start at the ring's centre, where ``|z|`` has no gradient.
     """
-    normalizer = 2 * math.pi * (
-        width**2 * math.exp(-(radius**2) / (2 * width**2))
-        + radius * width * math.sqrt(2 * math.pi) * 0.5 * (1 + math.erf(radius / width / 2**0.5))
+    normalizer = (
+        2
+        * math.pi
+        * (
+            width**2 * math.exp(-(radius**2) / (2 * width**2))
+            + radius
+            * width
+            * math.sqrt(2 * math.pi)
+            * 0.5
+            * (1 + math.erf(radius / width / 2**0.5))
+        )
     )
     log_normalizer = math.log(normalizer)
     dtype = torch.get_default_dtype()
@@ -560,8 +580,9 @@ def ring_2d(name: str, radius: float, width: float, development: bool) -> Target
 def _linear_regression_target(
     name: str, dim: int, num_data: int, seed: int, development: bool
 ) -> Target:
-    problem = linear_regression(dim=dim, num_data=num_data, seed=seed,
-                                dtype=torch.get_default_dtype())
+    problem = linear_regression(
+        dim=dim, num_data=num_data, seed=seed, dtype=torch.get_default_dtype()
+    )
     mean = problem.posterior_mean.numpy()
     sd = problem.posterior_cov.diagonal().sqrt().numpy()
     return Target(
@@ -645,9 +666,7 @@ def multinomial_logistic_regression(x: torch.Tensor, y: torch.Tensor | None = No
     ``eta_k = intercept_k + coef_k · x_n``, ``intercept ~ N(0, 5)``, ``coef ~ N(0, 1)``."""
     num_classes = 3
     num_features = x.shape[-1]
-    intercept = pyro.sample(
-        "intercept", dist.Normal(x.new_zeros(num_classes - 1), 5.0).to_event(1)
-    )
+    intercept = pyro.sample("intercept", dist.Normal(x.new_zeros(num_classes - 1), 5.0).to_event(1))
     coef = pyro.sample(
         "coef", dist.Normal(x.new_zeros(num_classes - 1, num_features), 1.0).to_event(2)
     )
@@ -759,8 +778,15 @@ def _iris(name: str) -> Target:
         development=False,
         model=hierarchical_regression,
         args=(x, group, y),
-        sites=(("mu_a", ()), ("tau_a", ()), ("mu_b", ()), ("tau_b", ()), ("noise", ()),
-               ("a", (3,)), ("b", (3,))),
+        sites=(
+            ("mu_a", ()),
+            ("tau_a", ()),
+            ("mu_b", ()),
+            ("tau_b", ()),
+            ("noise", ()),
+            ("a", (3,)),
+            ("b", (3,)),
+        ),
         reference_file="iris_hierarchical.npz",
         tags=("real data", "hierarchical", "far from init"),
         fingerprint=data_fingerprint((x, group, y)),
@@ -793,8 +819,14 @@ def _synthetic_logistic(name: str) -> Target:
 # --- the registry -------------------------------------------------------------------------------
 
 
-def _spec(name: str, builder: Callable[[str], Target], development: bool, sites: SiteShapes,
-          reference_file: str | None = None, needs: str | None = None) -> TargetSpec:
+def _spec(
+    name: str,
+    builder: Callable[[str], Target],
+    development: bool,
+    sites: SiteShapes,
+    reference_file: str | None = None,
+    needs: str | None = None,
+) -> TargetSpec:
     return TargetSpec(name, lambda: builder(name), development, sites, reference_file, needs)
 
 
@@ -802,50 +834,148 @@ TARGETS: dict[str, TargetSpec] = {
     spec.name: spec
     for spec in [
         # held out: the benchmark's reported results
-        _spec("gaussian_illcond_10", lambda n: ill_conditioned_gaussian(
-            n, dim=10, smallest_sd=1e-3, largest_sd=1.0, mean_range=(100.0, 1000.0), seed=11,
-            development=False), False, (("x", (10,)),)),
-        _spec("funnel_10", lambda n: _funnel_target(n, dim=10, log_scale_sd=3.0,
-                                                     development=False),
-              False, (("v", ()), ("x", (9,)))),
-        _spec("banana_8", lambda n: banana_nd(n, dim=8, scale=2.0, curvatures=(0.1, 0.5),
-                                              width=0.5, development=False),
-              False, (("a", ()), ("b", (7,)))),
-        _spec("mixture_2", lambda n: gaussian_mixture_2d(
-            n, weights=(0.4, 0.6), centers=((-2.5, 1.0), (2.5, -1.0)),
-            scales=((0.5, 0.8), (0.7, 0.4)), development=False), False, (("z", (2,)),)),
-        _spec("ring_2", lambda n: ring_2d(n, radius=2.5, width=0.25, development=False),
-              False, (("z", (2,)),)),
-        _spec("linreg_20", lambda n: _linear_regression_target(n, dim=20, num_data=60, seed=1,
-                                                               development=False),
-              False, (("w", (20,)),)),
-        _spec("eight_schools_centered", lambda n: _eight_schools(n, centered=True), False,
-              (("mu", ()), ("tau", ()), ("theta", (8,))), "eight_schools.npz"),
-        _spec("eight_schools_noncentered", lambda n: _eight_schools(n, centered=False), False,
-              (("mu", ()), ("tau", ()), ("eta", (8,))), "eight_schools.npz"),
-        _spec("breast_cancer_logistic", _breast_cancer, False,
-              (("intercept", ()), ("coef", (30,))), "breast_cancer_logistic.npz", "sklearn"),
-        _spec("diabetes_linear", _diabetes, False,
-              (("intercept", ()), ("coef", (10,)), ("noise", ())), "diabetes_linear.npz",
-              "sklearn"),
-        _spec("wine_multinomial", _wine, False, (("intercept", (2,)), ("coef", (2, 13))),
-              "wine_multinomial.npz", "sklearn"),
-        _spec("iris_hierarchical", _iris, False,
-              (("mu_a", ()), ("tau_a", ()), ("mu_b", ()), ("tau_b", ()), ("noise", ()),
-               ("a", (3,)), ("b", (3,))), "iris_hierarchical.npz", "sklearn"),
+        _spec(
+            "gaussian_illcond_10",
+            lambda n: ill_conditioned_gaussian(
+                n,
+                dim=10,
+                smallest_sd=1e-3,
+                largest_sd=1.0,
+                mean_range=(100.0, 1000.0),
+                seed=11,
+                development=False,
+            ),
+            False,
+            (("x", (10,)),),
+        ),
+        _spec(
+            "funnel_10",
+            lambda n: _funnel_target(n, dim=10, log_scale_sd=3.0, development=False),
+            False,
+            (("v", ()), ("x", (9,))),
+        ),
+        _spec(
+            "banana_8",
+            lambda n: banana_nd(
+                n, dim=8, scale=2.0, curvatures=(0.1, 0.5), width=0.5, development=False
+            ),
+            False,
+            (("a", ()), ("b", (7,))),
+        ),
+        _spec(
+            "mixture_2",
+            lambda n: gaussian_mixture_2d(
+                n,
+                weights=(0.4, 0.6),
+                centers=((-2.5, 1.0), (2.5, -1.0)),
+                scales=((0.5, 0.8), (0.7, 0.4)),
+                development=False,
+            ),
+            False,
+            (("z", (2,)),),
+        ),
+        _spec(
+            "ring_2",
+            lambda n: ring_2d(n, radius=2.5, width=0.25, development=False),
+            False,
+            (("z", (2,)),),
+        ),
+        _spec(
+            "linreg_20",
+            lambda n: _linear_regression_target(n, dim=20, num_data=60, seed=1, development=False),
+            False,
+            (("w", (20,)),),
+        ),
+        _spec(
+            "eight_schools_centered",
+            lambda n: _eight_schools(n, centered=True),
+            False,
+            (("mu", ()), ("tau", ()), ("theta", (8,))),
+            "eight_schools.npz",
+        ),
+        _spec(
+            "eight_schools_noncentered",
+            lambda n: _eight_schools(n, centered=False),
+            False,
+            (("mu", ()), ("tau", ()), ("eta", (8,))),
+            "eight_schools.npz",
+        ),
+        _spec(
+            "breast_cancer_logistic",
+            _breast_cancer,
+            False,
+            (("intercept", ()), ("coef", (30,))),
+            "breast_cancer_logistic.npz",
+            "sklearn",
+        ),
+        _spec(
+            "diabetes_linear",
+            _diabetes,
+            False,
+            (("intercept", ()), ("coef", (10,)), ("noise", ())),
+            "diabetes_linear.npz",
+            "sklearn",
+        ),
+        _spec(
+            "wine_multinomial",
+            _wine,
+            False,
+            (("intercept", (2,)), ("coef", (2, 13))),
+            "wine_multinomial.npz",
+            "sklearn",
+        ),
+        _spec(
+            "iris_hierarchical",
+            _iris,
+            False,
+            (
+                ("mu_a", ()),
+                ("tau_a", ()),
+                ("mu_b", ()),
+                ("tau_b", ()),
+                ("noise", ()),
+                ("a", (3,)),
+                ("b", (3,)),
+            ),
+            "iris_hierarchical.npz",
+            "sklearn",
+        ),
         # development: small versions of pyroflows.models' built-ins, other sizes and data
-        _spec("linreg_10", lambda n: _linear_regression_target(n, dim=10, num_data=40, seed=0,
-                                                               development=True),
-              True, (("w", (10,)),)),
+        _spec(
+            "linreg_10",
+            lambda n: _linear_regression_target(n, dim=10, num_data=40, seed=0, development=True),
+            True,
+            (("w", (10,)),),
+        ),
         _spec("banana_2", lambda n: _builtin_banana(n), True, (("a", ()), ("b", ()))),
-        _spec("funnel_5", lambda n: _funnel_target(n, dim=5, log_scale_sd=1.5, development=True),
-              True, (("v", ()), ("x", (4,)))),
+        _spec(
+            "funnel_5",
+            lambda n: _funnel_target(n, dim=5, log_scale_sd=1.5, development=True),
+            True,
+            (("v", ()), ("x", (4,))),
+        ),
         _spec("bimodal_2", lambda n: _builtin_bimodal(n), True, (("z", (2,)),)),
-        _spec("gaussian_illcond_5", lambda n: ill_conditioned_gaussian(
-            n, dim=5, smallest_sd=1e-2, largest_sd=1.0, mean_range=(10.0, 100.0), seed=5,
-            development=True), True, (("x", (5,)),)),
-        _spec("synthetic_logistic_5", _synthetic_logistic, True,
-              (("intercept", ()), ("coef", (5,))), "synthetic_logistic.npz"),
+        _spec(
+            "gaussian_illcond_5",
+            lambda n: ill_conditioned_gaussian(
+                n,
+                dim=5,
+                smallest_sd=1e-2,
+                largest_sd=1.0,
+                mean_range=(10.0, 100.0),
+                seed=5,
+                development=True,
+            ),
+            True,
+            (("x", (5,)),),
+        ),
+        _spec(
+            "synthetic_logistic_5",
+            _synthetic_logistic,
+            True,
+            (("intercept", ()), ("coef", (5,))),
+            "synthetic_logistic.npz",
+        ),
     ]
 }
 

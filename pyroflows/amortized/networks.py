@@ -48,8 +48,9 @@ class GatedConv2d(nn.Module):
 class GatedConvTranspose2d(nn.Module):
     """The transposed (upsampling) gated convolution."""
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
-                 output_padding=0):
+    def __init__(
+        self, in_channels, out_channels, kernel_size, stride=1, padding=0, output_padding=0
+    ):
         super().__init__()
         self.conv = nn.ConvTranspose2d(
             in_channels, 2 * out_channels, kernel_size, stride, padding, output_padding
@@ -70,7 +71,7 @@ class _Batched(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch = x.shape[: x.dim() - self.event_dims]
-        out = self.net(x.reshape((-1,) + x.shape[len(batch):]))
+        out = self.net(x.reshape((-1,) + x.shape[len(batch) :]))
         return out.reshape(batch + out.shape[1:])
 
 

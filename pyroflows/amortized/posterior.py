@@ -135,8 +135,11 @@ class AmortizedFlowPosterior(nn.Module):
             flow_kwargs = {**flow_kwargs, "hidden_dims": list(hidden_dims)}
         return [
             make_flow(
-                flow, self.latent_dim, context_dim=self.feature_dim,
-                num_transforms=num_transforms, **flow_kwargs,
+                flow,
+                self.latent_dim,
+                context_dim=self.feature_dim,
+                num_transforms=num_transforms,
+                **flow_kwargs,
             )
         ]
 

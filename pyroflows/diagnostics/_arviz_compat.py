@@ -106,9 +106,7 @@ def inference_data(
                     **{group: dict(variables)}, coords=group_coords, dims=group_dims
                 )
             else:
-                part = az.from_dict(
-                    {group: dict(variables)}, coords=group_coords, dims=group_dims
-                )
+                part = az.from_dict({group: dict(variables)}, coords=group_coords, dims=group_dims)
             parts.append((group, part))
     if not parts:
         raise ValueError("no group has any variable to export")

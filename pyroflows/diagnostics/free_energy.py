@@ -187,7 +187,8 @@ class FreeEnergyReport:
 
     def as_dict(self) -> dict[str, float | int | str]:
         return {
-            **asdict(self), "verdict": self.verdict,
+            **asdict(self),
+            "verdict": self.verdict,
             "suspects_missed_mode": self.suspects_missed_mode,
         }
 
@@ -204,9 +205,13 @@ _ROWS = [
 ]
 _COVERAGE_ROW = (
     "missed mass (modes)",
-    lambda r: "" if r.mode_coverage is None else (
-        f"{r.mode_coverage.missed_mass:.2f} ± {r.mode_coverage.missed_mass_se:.2f} "
-        f"({r.mode_coverage.num_modes})" + (" MISSED" if r.mode_coverage.missed_mode else "")
+    lambda r: (
+        ""
+        if r.mode_coverage is None
+        else (
+            f"{r.mode_coverage.missed_mass:.2f} ± {r.mode_coverage.missed_mass_se:.2f} "
+            f"({r.mode_coverage.num_modes})" + (" MISSED" if r.mode_coverage.missed_mode else "")
+        )
     ),
 )
 

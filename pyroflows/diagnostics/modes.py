@@ -82,8 +82,9 @@ def guide_modes(guide) -> list:
     return list(start.details.get("modes", ()))
 
 
-def mode_coverage(guide, args: tuple, kwargs: dict, num_draws: int = COVERAGE_DRAWS,
-                  seed: int = 0) -> ModeCoverage | None:
+def mode_coverage(
+    guide, args: tuple, kwargs: dict, num_draws: int = COVERAGE_DRAWS, seed: int = 0
+) -> ModeCoverage | None:
     """The mode-coverage check of a pyroflows guide, or ``None`` when its start found fewer
     than two modes (nothing to check) or the model cannot be scored at the mixture's draws.
 
@@ -105,8 +106,9 @@ def mode_coverage(guide, args: tuple, kwargs: dict, num_draws: int = COVERAGE_DR
         set_rng_state(state)
 
 
-def _mode_coverage(guide, args: tuple, kwargs: dict, num_draws: int,
-                   seed: int) -> ModeCoverage | None:
+def _mode_coverage(
+    guide, args: tuple, kwargs: dict, num_draws: int, seed: int
+) -> ModeCoverage | None:
     modes = guide_modes(guide)
     flow = guide.flow
     loc = flow[-1].loc
@@ -158,8 +160,6 @@ def _mode_coverage(guide, args: tuple, kwargs: dict, num_draws: int,
     index_q = torch.randint(0, num_draws, (_BOOTSTRAP_ROUNDS, num_draws), generator=boot)
     index_m = torch.randint(0, num_draws, (_BOOTSTRAP_ROUNDS, num_draws), generator=boot)
     log_w_r_q, log_w_r_m = log_w_r[:num_draws], log_w_r[num_draws:]
-    rounds = missed(
-        log_w_q[index_q], torch.cat([log_w_r_q[index_q], log_w_r_m[index_m]], -1)
-    )
+    rounds = missed(log_w_q[index_q], torch.cat([log_w_r_q[index_q], log_w_r_m[index_m]], -1))
     shares = tuple(float(share) for share in log_share.exp())
     return ModeCoverage(len(modes), estimate, float(rounds.std()), shares)

@@ -50,8 +50,9 @@ def plot_free_energy(results, ax=None, window: int = 50, log_x: bool = False):
             line.set_label(label)
             line.set_alpha(1.0)
         if result.report is not None:
-            ax.axhline(-result.report.iw_bound, color=line.get_color(), linestyle="--",
-                       linewidth=0.8)
+            ax.axhline(
+                -result.report.iw_bound, color=line.get_color(), linestyle="--", linewidth=0.8
+            )
     ax.set_xlabel("step")
     ax.set_ylabel("free energy F = -ELBO (nats)")
     if log_x:

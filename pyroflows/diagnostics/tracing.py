@@ -481,8 +481,16 @@ def _site_total(site: SiteDraws, plate: str | None, chunk: _DataChunk) -> torch.
 
 
 def _evaluate_chunk(
-    model, guide, args, kwargs, proto: _Prototype, draws: int, vectorized: bool, keep_sites: bool,
-    predictive: bool, first_data_chunk_only: bool = False,
+    model,
+    guide,
+    args,
+    kwargs,
+    proto: _Prototype,
+    draws: int,
+    vectorized: bool,
+    keep_sites: bool,
+    predictive: bool,
+    first_data_chunk_only: bool = False,
 ) -> DrawChunk:
     """Every data chunk (or only the first) for one chunk of ``draws`` draws (vectorized) or for
     one draw (not)."""
@@ -614,8 +622,10 @@ def _vectorized_agrees_with_plain_run(model, args, kwargs, proto: _Prototype, ch
             else:
                 value = other.value[draw]
                 if value.numel() != site.value.numel() or not torch.allclose(
-                    value.reshape(site.value.shape).double(), site.value.double(),
-                    rtol=1e-4, atol=1e-5,
+                    value.reshape(site.value.shape).double(),
+                    site.value.double(),
+                    rtol=1e-4,
+                    atol=1e-5,
                 ):
                     return False
     return True
@@ -690,8 +700,15 @@ def trace_draws(
                 chunk = None
                 try:
                     chunk = _evaluate_chunk(
-                        model, guide, args, kwargs, proto, size, True,
-                        keep_sites, predictive,
+                        model,
+                        guide,
+                        args,
+                        kwargs,
+                        proto,
+                        size,
+                        True,
+                        keep_sites,
+                        predictive,
                     )
                     failure = None
                 except (RuntimeError, ValueError, IndexError, _NotVectorized) as error:
@@ -706,8 +723,11 @@ def trace_draws(
                         warnings.warn(
                             "the model is not vectorization-safe (a plain run and a run inside "
                             f"a plate of {size} draws disagree"
-                            + (f": {type(failure).__name__}: {_first_line(failure)}"
-                               if failure is not None else "")
+                            + (
+                                f": {type(failure).__name__}: {_first_line(failure)}"
+                                if failure is not None
+                                else ""
+                            )
                             + "), so pyroflows evaluates the draws one by one, which is slower. "
                             + _VECTORIZE_ADVICE,
                             NotVectorizableWarning,
@@ -724,8 +744,7 @@ def trace_draws(
                     remaining -= size
                     continue
             draws = [
-                _evaluate_chunk(model, guide, args, kwargs, proto, 1, False, keep_sites,
-                                predictive)
+                _evaluate_chunk(model, guide, args, kwargs, proto, 1, False, keep_sites, predictive)
                 for _ in range(size)
             ]
             yield _concat_chunks(draws)
@@ -757,7 +776,8 @@ def _raise_if_data_is_not_finite(args: tuple, kwargs: dict, error: BaseException
     problems = describe_nonfinite_arguments(args, kwargs)
     if problems:
         raise NonFiniteDataError(
-            "the model fails on its data, which hold non-finite values: " + "; ".join(problems)
+            "the model fails on its data, which hold non-finite values: "
+            + "; ".join(problems)
             + f" ({type(error).__name__}: {_first_line(error)}). Remove or impute them (or mask "
             "them with pyro.sample(..., obs_mask=...))."
         ) from error

@@ -188,14 +188,20 @@ class AutoFlowGuide(AutoContinuous):
         # the flow layers start at x ≈ c·u: the affine stage divides its start's scale by c
         initial_scale = math.prod(float(getattr(layer, "initial_scale", 1.0)) for layer in layers)
         median_start = Start(
-            "init_loc_fn", init_loc, torch.full_like(init_loc, self.init_scale),
+            "init_loc_fn",
+            init_loc,
+            torch.full_like(init_loc, self.init_scale),
             "the model's init_loc_fn values and init_scale",
         )
         candidates = [median_start]
         if self.init == "laplace":
             with torch.enable_grad():
                 candidates = laplace_start(
-                    self, init_loc, median_start.scale, args, kwargs,
+                    self,
+                    init_loc,
+                    median_start.scale,
+                    args,
+                    kwargs,
                     full_hessian_max_dim=FULL_HESSIAN_MAX_DIM,
                 )
             # a curved or skewed posterior is poorly covered by its Laplace approximation;
@@ -207,8 +213,11 @@ class AutoFlowGuide(AutoContinuous):
             ] + candidates[-1:]
         structure = "full" if self.latent_dim <= FULL_AFFINE_MAX_DIM else "diagonal"
         first = candidates[0]
-        scale = first.scale.diagonal() if structure == "diagonal" and first.scale.dim() == 2 \
+        scale = (
+            first.scale.diagonal()
+            if structure == "diagonal" and first.scale.dim() == 2
             else first.scale
+        )
         stage = AffineStage(first.loc, scale / initial_scale, structure, first.whiten)
         # a local name: reading self.flow inside a Pyro call registers its parameters
         flow = ComposeTransformModule(layers + [stage]).to(
@@ -282,8 +291,11 @@ class AutoFlowGuide(AutoContinuous):
                 ).get_trace(*args, **kwargs)
         except Exception:
             return []
-        return [site["name"] for _, site in trace.iter_stochastic_nodes()
-                if site["fn"].support.is_discrete]
+        return [
+            site["name"]
+            for _, site in trace.iter_stochastic_nodes()
+            if site["fn"].support.is_discrete
+        ]
 
     def _check_latent_sites(self) -> None:
         name = type(self).__name__
@@ -363,9 +375,7 @@ class AutoFlowGuide(AutoContinuous):
         return flow(noise)
 
     @torch.no_grad()
-    def quantiles(
-        self, quantiles, *args, num_samples: int = 4000, seed: int = 0, **kwargs
-    ) -> dict:
+    def quantiles(self, quantiles, *args, num_samples: int = 4000, seed: int = 0, **kwargs) -> dict:
         """Monte Carlo posterior quantiles of each latent site.
 
         Quantiles are taken per coordinate of the unconstrained latent and mapped through each
@@ -423,8 +433,11 @@ def _warn_if_large(guide_name: str, flow: torch.nn.Module, latent_dim: int) -> N
 def _shrunk(start: Start, factors) -> list[Start]:
     return [
         Start(
-            f"{start.method}×{factor:g}", start.loc, start.scale * factor,
-            f"{start.reason}; scale × {factor:g}", dict(start.details),
+            f"{start.method}×{factor:g}",
+            start.loc,
+            start.scale * factor,
+            f"{start.reason}; scale × {factor:g}",
+            dict(start.details),
         )
         for factor in factors
     ]

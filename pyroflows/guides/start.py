@@ -121,8 +121,13 @@ def batched_log_joint(guide, z: torch.Tensor, args: tuple, kwargs: dict) -> torc
     with torch.no_grad(), poutine.block():
         full = poutine.trace(guide.model).get_trace(*args, **kwargs)
     nesting = max(
-        (-frame.dim for site in full.nodes.values() if site["type"] == "sample"
-         for frame in site["cond_indep_stack"] if frame.vectorized),
+        (
+            -frame.dim
+            for site in full.nodes.values()
+            if site["type"] == "sample"
+            for frame in site["cond_indep_stack"]
+            if frame.vectorized
+        ),
         default=0,
     )
     count = z.shape[0]
@@ -195,8 +200,13 @@ def _map_by_lbfgs(objective, z0: torch.Tensor, max_iterations: int):
     iterations)`` or raises ``FloatingPointError`` on a non-finite run."""
     z = z0.detach().clone().requires_grad_(True)
     optimizer = torch.optim.LBFGS(
-        [z], lr=1.0, max_iter=max_iterations, history_size=20, tolerance_grad=1e-7,
-        tolerance_change=1e-12, line_search_fn="strong_wolfe",
+        [z],
+        lr=1.0,
+        max_iter=max_iterations,
+        history_size=20,
+        tolerance_grad=1e-7,
+        tolerance_change=1e-12,
+        line_search_fn="strong_wolfe",
     )
     evaluations = {"count": 0}
 
@@ -239,8 +249,9 @@ def laplace_start(
         set_rng_state(state)
 
 
-def _laplace_start(guide, init_loc, init_scale, args, kwargs, full_hessian_max_dim,
-                   max_iterations) -> list[Start]:
+def _laplace_start(
+    guide, init_loc, init_scale, args, kwargs, full_hessian_max_dim, max_iterations
+) -> list[Start]:
     dim = init_loc.shape[0]
     fallback = Start("init_loc_fn", init_loc, init_scale, "the model's init_loc_fn values")
     subsampled = _subsampled_plate(guide, args, kwargs)
@@ -276,8 +287,11 @@ def _laplace_start(guide, init_loc, init_scale, args, kwargs, full_hessian_max_d
                 details["hessian_condition"] = float(eigenvalues[-1] / eigenvalues[0])
                 details["seconds"] = time.perf_counter() - start_time
                 laplace = Start(
-                    "laplace", z_map.to(init_loc.dtype), scale.to(init_loc.dtype),
-                    f"MAP by L-BFGS ({evaluations} evaluations), full Hessian", details,
+                    "laplace",
+                    z_map.to(init_loc.dtype),
+                    scale.to(init_loc.dtype),
+                    f"MAP by L-BFGS ({evaluations} evaluations), full Hessian",
+                    details,
                 )
                 if dim > MULTISTART_MAX_DIM or MULTISTART_COUNT == 0:
                     return [laplace, fallback]
@@ -306,8 +320,11 @@ def _laplace_start(guide, init_loc, init_scale, args, kwargs, full_hessian_max_d
         fallback.reason = degenerate
         return [fallback]
     laplace = Start(
-        "laplace-diagonal", z_map.to(init_loc.dtype), curvature.rsqrt().to(init_loc.dtype),
-        f"MAP by L-BFGS ({evaluations} evaluations); {why}", details,
+        "laplace-diagonal",
+        z_map.to(init_loc.dtype),
+        curvature.rsqrt().to(init_loc.dtype),
+        f"MAP by L-BFGS ({evaluations} evaluations); {why}",
+        details,
     )
     return [laplace, fallback]
 
@@ -369,7 +386,6 @@ def _hessian_diagonal(negative, z: torch.Tensor, probes: int = 32) -> torch.Tens
     return (estimate / probes).detach()
 
 
-
 @dataclass
 class Mode:
     """A local maximum of the unconstrained log joint and its Laplace approximation.
@@ -390,14 +406,15 @@ class Mode:
 
 def _laplace_mode(z: torch.Tensor, scale_tril: torch.Tensor, log_joint: float) -> Mode:
     dim = z.shape[0]
-    log_mass = log_joint + 0.5 * dim * math.log(2 * math.pi) + float(
-        scale_tril.diagonal().log().sum()
+    log_mass = (
+        log_joint + 0.5 * dim * math.log(2 * math.pi) + float(scale_tril.diagonal().log().sum())
     )
     return Mode(z, scale_tril, log_joint, log_mass)
 
 
-def _multistart_modes(negative, z0: torch.Tensor, z_map: torch.Tensor, scale: torch.Tensor,
-                      log_joint: float) -> list[Mode]:
+def _multistart_modes(
+    negative, z0: torch.Tensor, z_map: torch.Tensor, scale: torch.Tensor, log_joint: float
+) -> list[Mode]:
     """The modes found by L-BFGS from the MAP's own run and ``MULTISTART_COUNT`` more starts
     (see the module docstring), heaviest first, those below ``MODE_MIN_SHARE`` dropped."""
     modes = [_laplace_mode(z_map, scale, log_joint)]
@@ -463,7 +480,9 @@ def _mode_starts(primary: Start, modes: list[Mode], dtype: torch.dtype) -> list[
             start.loc, start.scale = mode.loc, mode.scale_tril
         else:
             start = Start(
-                "laplace" if rank == 1 else f"laplace-mode{rank}", mode.loc, mode.scale_tril,
+                "laplace" if rank == 1 else f"laplace-mode{rank}",
+                mode.loc,
+                mode.scale_tril,
                 f"mode {rank} of {len(kept)} by multi-start L-BFGS (Laplace mass share "
                 f"{share:.2f}), full Hessian",
                 dict(primary.details),

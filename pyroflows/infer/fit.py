@@ -146,10 +146,7 @@ class FitResult:
                 np.mean(self.free_energy[-max(1, self.steps // 10) :]) if self.steps else math.nan
             )
             return f"{head}\nfinal running free energy {tail:.3f} (no report computed)"
-        return (
-            head + "\n" + format_reports({self.name: self.report})
-            + f"\nverdict: {self.verdict}"
-        )
+        return head + "\n" + format_reports({self.name: self.report}) + f"\nverdict: {self.verdict}"
 
 
 #: a non-finite loss or gradient after the first step is retried (update not applied, fresh
@@ -176,7 +173,9 @@ class NonFiniteLossError(FloatingPointError):
         self.result = result
         retried = (
             f" after {backoffs} retries of a step at a learning rate "
-            f"{NONFINITE_BACKOFF_FACTOR:g}× smaller each" if backoffs else ""
+            f"{NONFINITE_BACKOFF_FACTOR:g}× smaller each"
+            if backoffs
+            else ""
         )
         super().__init__(
             f"{what} at step {step} of fit (loss {loss}){retried}; that update was not applied, "
@@ -403,9 +402,14 @@ def fit(
     if isinstance(resume, FitResult) and resume.steps == 0:
         resume = None  # interrupted before its first step (during the pilot runs): start again
     given = {
-        "lr": lr, "num_particles": num_particles, "vectorize_particles": vectorize_particles,
-        "lr_decay": lr_decay, "clip_norm": clip_norm, "anneal_steps": anneal_steps,
-        "anneal_from": anneal_from, "max_steps": max_steps,
+        "lr": lr,
+        "num_particles": num_particles,
+        "vectorize_particles": vectorize_particles,
+        "lr_decay": lr_decay,
+        "clip_norm": clip_norm,
+        "anneal_steps": anneal_steps,
+        "anneal_from": anneal_from,
+        "max_steps": max_steps,
     }
     schedule_state = None
     if resume is not None:
@@ -439,7 +443,9 @@ def fit(
         "lr_decay", lr_decay, why=" (the final fraction of lr; 1.0 keeps lr constant)"
     )
     clip_norm = check_positive(
-        "clip_norm", clip_norm, allow_inf=True,
+        "clip_norm",
+        clip_norm,
+        allow_inf=True,
         why=" (the bound on each gradient element; math.inf turns clipping off)",
     )
     if anneal_steps == "auto":
@@ -538,8 +544,9 @@ def fit(
             )
         if lr is None:  # Ctrl-C during the pilot runs: the guide is back where it started
             settings = {"steps": steps, "lr": "auto", "guide_class": type(guide).__name__}
-            return FitResult(guide, np.asarray([]), time.perf_counter() - start, None, settings,
-                             True, {})
+            return FitResult(
+                guide, np.asarray([]), time.perf_counter() - start, None, settings, True, {}
+            )
     if schedule_state is not None:
         schedule = Schedule(**schedule_state)
     elif auto_steps:
@@ -578,7 +585,10 @@ def fit(
         _restore_from_checkpoint(checkpoint_state, elbo, training_model, guide, args, kwargs)
     param_names: list[str] = list(checkpoint_state["params"]) if checkpoint_state else []
     bar = tqdm(
-        total=run_steps, initial=len(history), disable=not progress, desc=type(guide).__name__,
+        total=run_steps,
+        initial=len(history),
+        disable=not progress,
+        desc=type(guide).__name__,
         leave=False,
     )
 
@@ -588,8 +598,14 @@ def fit(
     def partial_result(interrupted: bool = False) -> FitResult:
         settings["schedule"] = schedule.as_dict()
         return FitResult(
-            guide, np.asarray(history), wall_before + time.perf_counter() - start, None,
-            settings, interrupted, current_state(), start_params=start_params,
+            guide,
+            np.asarray(history),
+            wall_before + time.perf_counter() - start,
+            None,
+            settings,
+            interrupted,
+            current_state(),
+            start_params=start_params,
         )
 
     def write_checkpoint() -> None:
@@ -674,8 +690,11 @@ def fit(
             if progress and (step % 25 == 0 or step == run_steps):
                 bar.set_postfix(F=f"{np.mean(history[-100:]):.3f}", refresh=False)
             if (
-                auto_steps and schedule.decay_start is None and step % rule.window == 0
-                and step >= rule.min_steps and _stalled(rule, history)
+                auto_steps
+                and schedule.decay_start is None
+                and step % rule.window == 0
+                and step >= rule.min_steps
+                and _stalled(rule, history)
             ):
                 schedule.start_decay(step, max_steps)
                 run_steps = schedule.total(max_steps)
@@ -860,7 +879,9 @@ def _pilot_runs(elbo, model, guide, args, kwargs, clip_norm, stop, start):
     except FloatingPointError:
         _restore(guide, start)
         raise NonFiniteLossError(
-            1, math.nan, f"every pilot run of the step size ({list(PILOT_LRS)}) diverged",
+            1,
+            math.nan,
+            f"every pilot run of the step size ({list(PILOT_LRS)}) diverged",
             FitResult(guide, np.asarray([]), 0.0, None, {}, False, {}),
         ) from None
     _restore(guide, ends[best])

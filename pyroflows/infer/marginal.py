@@ -87,7 +87,12 @@ def importance_log_likelihood(
     log_sum = None
     elbo_sum = None
     for chunk in trace_draws(
-        model, guide, args, kwargs, num_samples=num_samples, chunk_size=chunk_size,
+        model,
+        guide,
+        args,
+        kwargs,
+        num_samples=num_samples,
+        chunk_size=chunk_size,
         keep_sites=True,
     ):
         log_w = 0.0

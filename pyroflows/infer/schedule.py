@@ -84,8 +84,12 @@ class Schedule:
 
     def as_dict(self) -> dict:
         return {
-            "lr": self.lr, "lr_decay": self.lr_decay, "span": self.span, "auto": self.auto,
-            "decay_start": self.decay_start, "decay_steps": self.decay_steps,
+            "lr": self.lr,
+            "lr_decay": self.lr_decay,
+            "span": self.span,
+            "auto": self.auto,
+            "decay_start": self.decay_start,
+            "decay_steps": self.decay_steps,
         }
 
 

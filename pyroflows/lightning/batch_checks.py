@@ -125,9 +125,7 @@ def _rolled(args: tuple, batch_size: int) -> tuple[tuple, bool]:
 
 
 @torch.no_grad()
-def check_model_uses_batch(
-    model: Callable, guide_trace: Trace, args: tuple, kwargs: dict
-) -> None:
+def check_model_uses_batch(model: Callable, guide_trace: Trace, args: tuple, kwargs: dict) -> None:
     """Runs the model on the batch and on the batch with its rows reordered, with the same latent
     values and random state; if neither the observed values nor their log density change, the
     model ignores its batch."""

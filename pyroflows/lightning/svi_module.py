@@ -200,9 +200,7 @@ class SVIModule(pl.LightningModule):
         guide's device.
         """
         args, kwargs = self._to_parameter_device(args, kwargs)
-        return free_energy_report(
-            self.model, self.guide, *args, num_samples=num_samples, **kwargs
-        )
+        return free_energy_report(self.model, self.guide, *args, num_samples=num_samples, **kwargs)
 
     def fit_result(self, *args, report_samples: int | None = 2000, **kwargs) -> FitResult:
         """The history, wall time and report as a :class:`~pyroflows.FitResult` (``print`` it).
@@ -391,9 +389,7 @@ class SVIModule(pl.LightningModule):
 
 
 def _non_finite_error(step: int, loss: float, problem: str, module: SVIModule) -> Exception:
-    result = FitResult(
-        module.guide, module.free_energy, module.wall_time, None, module.settings()
-    )
+    result = FitResult(module.guide, module.free_energy, module.wall_time, None, module.settings())
     error = NonFiniteLossError(step, loss, problem, result)
     # fit's message speaks of "fit"; this one is SVIModule's training
     error.args = (str(error).replace(" of fit ", " of SVIModule training ", 1),)

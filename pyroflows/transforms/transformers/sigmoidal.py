@@ -142,9 +142,9 @@ class SigmoidalTransformer(Transformer):
             b = _soft_bound(params[..., s + m : s + 2 * m, :], self.max_offset)
             w_start = s + 2 * m + stage.mixing_size
             log_w = F.log_softmax(
-                _soft_bound(
-                    params[..., w_start : s + stage.size, :], self.max_logit
-                ).unflatten(-2, (stage.d_out, m)),
+                _soft_bound(params[..., w_start : s + stage.size, :], self.max_logit).unflatten(
+                    -2, (stage.d_out, m)
+                ),
                 dim=-2,
             )  # (..., d_out, m, D)
             if d_in == 1:  # U = 1: the scalar input feeds every unit
@@ -159,7 +159,8 @@ class SigmoidalTransformer(Transformer):
                 mixed = (log_u.exp() * h.unsqueeze(-3)).sum(-2)  # U h, (..., m, D)
                 log_mixed_jac = (
                     torch.logsumexp(log_u + log_jac.unsqueeze(-3), dim=-2)
-                    if need_log_slope else None
+                    if need_log_slope
+                    else None
                 )
             pre = torch.exp(log_a) * mixed + b
             log_sig, log_one_minus = F.logsigmoid(pre), F.logsigmoid(-pre)
