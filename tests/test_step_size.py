@@ -129,3 +129,32 @@ def test_the_readme_plain_loop_stays_finite_on_a_wide_horseshoe(
     assert all(math.isfinite(loss) for loss in losses)
     start, end = sorted(losses[:20])[10], sorted(losses[-20:])[10]
     assert end < start
+
+
+def test_a_coupling_conditioner_caps_its_output_rows_the_same_way():
+    """``ConditionerMLP(output_fan_in_cap=c)`` is a plain one with output weights scaled by
+    ``c / width``: the same outputs for those weights, and a first step bounded like MADE's."""
+    from pyroflows.nn import ConditionerMLP
+
+    torch.manual_seed(0)
+    width = 256
+    capped = ConditionerMLP(4, 2, 4, [width], output_fan_in_cap=16)
+    plain = ConditionerMLP(4, 2, 4, [width])
+    plain.load_state_dict(capped.state_dict())
+    with torch.no_grad():
+        capped.output_layer.weight.normal_()
+        plain.output_layer.weight.copy_(capped.output_layer.weight * 16 / width)
+    x = torch.randn(8, 4)
+    assert torch.allclose(capped(x), plain(x), atol=1e-5)
+
+    with torch.no_grad():
+        capped.output_layer.weight.zero_()
+        hidden = capped.hidden(x)
+        before = capped(x)
+    loss = (capped(x) * torch.randn(8, 2, 4).sign()).sum()
+    _one_adam_step(list(capped.output_layer.parameters()), loss)
+    with torch.no_grad():
+        moved = (capped(x) - before).abs().max()
+    assert moved <= LR * (16 * hidden.abs().max() + 1) * (1 + 1e-4)
+    with pytest.raises(ValueError, match="output_fan_in_cap must be None or >= 1"):
+        ConditionerMLP(4, 2, 4, [8], output_fan_in_cap=0)

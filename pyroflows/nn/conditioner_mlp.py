@@ -71,6 +71,9 @@ class ConditionerMLP(nn.Module):
             )
         if x.shape[-1] == 0:  # the constant: a zero input of width one reads only the bias
             x = x.new_zeros(x.shape[:-1] + (1,))
-        layer = self.output_layer
-        out = F.linear(self.hidden(x), layer.weight * self.output_weight_scale, layer.bias)
+        layer, hidden = self.output_layer, self.hidden(x)
+        if self.output_weight_scale == 1.0:  # plain weights: no extra product per call
+            out = layer(hidden)
+        else:
+            out = F.linear(hidden, layer.weight * self.output_weight_scale, layer.bias)
         return out.unflatten(-1, (self.num_params, self.out_features))
