@@ -1,6 +1,7 @@
 """fit's schedule: the learning rate of every step, the stopping rule, the pilot runs' choice,
 and a verdict that never calls an unconverged fit good."""
 
+import itertools
 import math
 
 import numpy as np
@@ -12,7 +13,12 @@ import torch
 import pyroflows
 from pyroflows.diagnostics.free_energy import FreeEnergyReport
 from pyroflows.infer.fit import FitResult
-from pyroflows.infer.schedule import Schedule, StoppingRule, pick_pilot
+from pyroflows.infer.schedule import (
+    STEP_DOWN_MIN_STEPS,
+    Schedule,
+    StoppingRule,
+    pick_pilot,
+)
 
 
 def test_fixed_schedule_decays_geometrically_over_its_span():
@@ -32,6 +38,30 @@ def test_auto_schedule_is_constant_until_the_rule_fires_then_decays():
     schedule = Schedule(lr=1e-2, lr_decay=0.1, auto=True)
     schedule.start_decay(4000, 4500)  # the decay never runs past max_steps
     assert schedule.total(4500) == 4500
+
+
+def test_each_stall_divides_the_rate_until_the_floor_then_the_final_decay_starts():
+    schedule = Schedule(lr=3e-2, lr_decay=0.1, auto=True, factor=3.0, floor=1e-3)
+    schedule.stalled_at(1200, 20000)  # 3e-2 -> 1e-2
+    schedule.stalled_at(1500, 20000)  # -> 3.3e-3
+    schedule.stalled_at(1800, 20000)  # -> 1.1e-3 (still >= the floor)
+    assert schedule.step_downs == [1200, 1500, 1800] and schedule.decay_start is None
+    assert schedule.lr_at(1200) == pytest.approx(3e-2)
+    assert schedule.lr_at(1201) == pytest.approx(1e-2)
+    assert schedule.lr_at(1801) == pytest.approx(3e-2 / 27)
+    schedule.stalled_at(2100, 20000)  # 1.1e-3 / 3 would be below the floor: the final decay
+    assert schedule.step_downs == [1200, 1500, 1800] and schedule.decay_start == 2100
+    assert schedule.total(20000) == 2100 + 420  # max(200, 20% of 2100)
+    assert schedule.lr_at(2520) == pytest.approx(3e-2 / 27 * 0.1)
+    # the state round-trips through the dict a checkpoint stores
+    copy = Schedule(**schedule.as_dict())
+    assert [copy.lr_at(step) for step in (1, 1300, 1900, 2300)] == [
+        schedule.lr_at(step) for step in (1, 1300, 1900, 2300)
+    ]
+    at_floor = Schedule(lr=3e-3, lr_decay=0.1, auto=True, factor=3.0, floor=1e-3)
+    at_floor.stalled_at(1000, 20000)  # 3e-3 -> 1e-3: exactly the floor is allowed
+    at_floor.stalled_at(1300, 20000)
+    assert at_floor.step_downs == [1000] and at_floor.decay_start == 1300
 
 
 def test_stopping_rule_on_noise_and_on_a_descent():
@@ -84,6 +114,13 @@ def test_fit_stops_by_itself_and_says_why():
     assert result.settings["lr"] in (3e-3, 1e-2, 3e-2)
     assert len(result.settings["pilot"]) == 3
     assert "stopped improving" in result.convergence
+    schedule = result.settings["schedule"]
+    stage_ends = [*schedule["step_downs"], schedule["decay_start"]]
+    assert all(b - a >= STEP_DOWN_MIN_STEPS for a, b in itertools.pairwise(stage_ends))
+    final_rate = result.settings["lr"] / schedule["factor"] ** len(schedule["step_downs"])
+    assert schedule["floor"] <= final_rate * (1 + 1e-9) < schedule["floor"] * schedule["factor"]
+    if schedule["step_downs"]:
+        assert "divided by 3" in result.convergence
     assert result.verdict == "good"
     assert abs(result.report.free_energy) < 0.02  # log Z = 0: the exact family
 

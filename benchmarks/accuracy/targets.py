@@ -956,6 +956,18 @@ TARGETS: dict[str, TargetSpec] = {
         ),
         _spec("bimodal_2", lambda n: _builtin_bimodal(n), True, (("z", (2,)),)),
         _spec(
+            "unequal_modes_2",
+            lambda n: gaussian_mixture_2d(
+                n,
+                weights=(0.25, 0.75),
+                centers=((-1.5, -2.0), (2.0, 1.5)),
+                scales=((0.4, 0.6), (0.6, 0.5)),
+                development=True,
+            ),
+            True,
+            (("z", (2,)),),
+        ),
+        _spec(
             "gaussian_illcond_5",
             lambda n: ill_conditioned_gaussian(
                 n,
