@@ -51,6 +51,23 @@ def init_loc(guide) -> torch.Tensor:
     return guide._init_loc()
 
 
+def prior_draws(guide, count: int, seed: int = 0) -> torch.Tensor:
+    """``count`` packed unconstrained latents, each site drawn from its prior given its
+    parents' ``init_loc_fn`` values (the distributions of the guide's prototype trace), from a
+    seeded random state (the global one is left as it was); shape ``(count, latent_dim)``."""
+    from torch.distributions import biject_to
+
+    parts = []
+    devices = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
+    with torch.no_grad(), torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for _, site in guide.prototype_trace.iter_stochastic_nodes():
+            value = site["fn"].sample((count,))
+            unconstrained = biject_to(site["fn"].support).inv(value)
+            parts.append(unconstrained.reshape(count, -1))
+    return torch.cat(parts, dim=1)
+
+
 def prototype_hide_fn(guide) -> Callable:
     """The filter an ``AutoGuide`` hides sites with when it traces the model's prototype."""
     return guide._prototype_hide_fn

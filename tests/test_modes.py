@@ -111,6 +111,43 @@ def test_one_mode_means_no_check():
     assert "missed mass" not in str(report)
 
 
+def far_modes_model() -> None:
+    """``0.3 N((-3, -3), 0.5²) + 0.7 N((3, 3), 0.5²)`` under a broad base ``N(0, 5²)``: 17 sds
+    apart, so from the lighter mode the box ``z0 ± 2`` of the extra starts stays in its basin
+    (its far corner (-1, -1) is 2.8 from it and 5.7 from the other)."""
+    mixture = dist.MixtureSameFamily(
+        dist.Categorical(torch.tensor([0.3, 0.7])),
+        dist.Normal(torch.tensor([[-3.0, -3.0], [3.0, 3.0]]), 0.5).to_event(1),
+    )
+    base = dist.Normal(torch.zeros(2), 5.0).to_event(1)
+    z = pyro.sample("z", base)
+    pyro.factor("mixture", mixture.log_prob(z) - base.log_prob(z))
+
+
+def test_prior_draws_find_a_mode_the_box_around_the_start_cannot_reach(monkeypatch):
+    """Started (init_loc_fn) in the lighter mode: the box starts alone find that mode only and
+    the guide would start there (KL log(1/0.3) = 1.2 instead of log(1/0.7) = 0.36, with no
+    second mode for the coverage check to test); the prior draws find the heavier one."""
+    init = pyro.infer.autoguide.initialization.init_to_value(
+        values={"z": torch.tensor([-3.0, -3.0])}
+    )
+    monkeypatch.setattr(start_module, "MULTISTART_PRIOR_COUNT", 0)
+    boxed = pyroflows.AutoIAF(far_modes_model, init_loc_fn=init)
+    boxed()
+    assert len(boxed.start.details["modes"]) == 1
+    assert boxed.start.loc.tolist() == pytest.approx([-3.0, -3.0], abs=1e-3)
+    monkeypatch.undo()
+    starts = []
+    for seed in (0, 1):  # the prior draws come from a seeded generator of their own
+        pyro.set_rng_seed(seed)
+        guide = pyroflows.AutoIAF(far_modes_model, init_loc_fn=init)
+        guide()
+        assert len(guide.start.details["modes"]) == 2
+        assert guide.start.loc.tolist() == pytest.approx([3.0, 3.0], abs=1e-3)
+        starts.append(guide.start.details["modes"][1].loc)
+    assert torch.equal(starts[0], starts[1])
+
+
 def test_no_extra_starts_above_the_dimension_threshold(monkeypatch):
     monkeypatch.setattr(start_module, "MULTISTART_MAX_DIM", 1)
     guide = pyroflows.AutoIAF(two_mode_model)
