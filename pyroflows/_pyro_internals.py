@@ -28,6 +28,7 @@ from pyro.nn import PyroModule
 from pyro.optim import PyroOptim
 from pyro.params import param_with_module_name
 from pyro.poutine.util import site_is_subsample
+from torch.distributions import biject_to
 
 __all__ = [
     "give_local_param_state",
@@ -51,15 +52,18 @@ def init_loc(guide) -> torch.Tensor:
     return guide._init_loc()
 
 
+def forked_devices() -> list[int]:
+    """The CUDA devices whose random state ``torch.random.fork_rng`` must save and restore
+    (the current one once CUDA is in use, none otherwise)."""
+    return [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
+
+
 def prior_draws(guide, count: int, seed: int = 0) -> torch.Tensor:
     """``count`` packed unconstrained latents, each site drawn from its prior given its
     parents' ``init_loc_fn`` values (the distributions of the guide's prototype trace), from a
     seeded random state (the global one is left as it was); shape ``(count, latent_dim)``."""
-    from torch.distributions import biject_to
-
     parts = []
-    devices = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
-    with torch.no_grad(), torch.random.fork_rng(devices=devices):
+    with torch.no_grad(), torch.random.fork_rng(devices=forked_devices()):
         torch.manual_seed(seed)
         for _, site in guide.prototype_trace.iter_stochastic_nodes():
             value = site["fn"].sample((count,))

@@ -24,7 +24,7 @@ from pyro.infer.util import zero_grads
 from pyro.optim import ClippedAdam
 from tqdm.auto import tqdm
 
-from pyroflows._pyro_internals import torch_optimizers
+from pyroflows._pyro_internals import forked_devices, torch_optimizers
 from pyroflows._validation import (
     NonFiniteDataError,
     check_count,
@@ -801,11 +801,7 @@ def fit(
                 break
     bar.close()
     if compare_start and start_params is not None and not interrupted:
-        with warnings.catch_warnings(), quiet_pyro_logging():
-            warnings.simplefilter("ignore", NotVectorizableWarning)  # one warning per fit
-            settings["start_check"] = _keep_the_better_of_start_and_end(
-                model, guide, args, kwargs, start_params
-            )
+        settings["start_check"] = _start_check(model, guide, args, kwargs, start_params)
     write_checkpoint()
     result = partial_result(interrupted)
     if not interrupted:
@@ -813,13 +809,23 @@ def fit(
             rule, history, schedule, auto_steps, anneal_steps, settings.get("stopped_by")
         )
     if report_samples and not interrupted:
-        with warnings.catch_warnings():
-            if warned_slow:  # one warning per fit
-                warnings.simplefilter("ignore", NotVectorizableWarning)
-            result.report = free_energy_report(
-                model, guide, *args, num_samples=report_samples, **kwargs
-            )
+        result.report = _report(model, guide, args, kwargs, report_samples, warned_slow)
     return result
+
+
+def _start_check(model, guide, args, kwargs, start_params) -> dict:
+    """:func:`_keep_the_better_of_start_and_end`, quietly (the fit gave its warnings)."""
+    with warnings.catch_warnings(), quiet_pyro_logging():
+        warnings.simplefilter("ignore", NotVectorizableWarning)  # one warning per fit
+        return _keep_the_better_of_start_and_end(model, guide, args, kwargs, start_params)
+
+
+def _report(model, guide, args, kwargs, num_samples: int, warned: bool) -> FreeEnergyReport:
+    """The fit's report; ``warned``: the fit already said the model is not vectorizable."""
+    with warnings.catch_warnings():
+        if warned:  # one warning per fit
+            warnings.simplefilter("ignore", NotVectorizableWarning)
+        return free_energy_report(model, guide, *args, num_samples=num_samples, **kwargs)
 
 
 def _set_learning_rate(optim: ClippedAdam, lr: float) -> None:
@@ -904,8 +910,7 @@ def _start_values(elbo, model, guide, args, kwargs) -> dict[str, dict[str, torch
     """The :func:`_snapshot` before the first step. One ELBO evaluation creates every param the
     loss touches (the guide's and the model's), on a forked random state, so it takes no draws
     from the fit's random stream."""
-    devices = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
-    with torch.no_grad(), torch.random.fork_rng(devices=devices), quiet_pyro_logging():
+    with torch.no_grad(), torch.random.fork_rng(devices=forked_devices()), quiet_pyro_logging():
         elbo.loss(model, guide, *args, **kwargs)
     return _snapshot(guide)
 
@@ -914,8 +919,7 @@ def _common_log_weights(model, guide, args, kwargs) -> torch.Tensor:
     """``log p(x, z) − log q(z)`` of :data:`START_CHECK_DRAWS` draws from the seed
     :data:`START_CHECK_SEED` (common random numbers: two guides of one family are scored on
     the same base draws), the global random state untouched."""
-    devices = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
-    with torch.random.fork_rng(devices=devices):
+    with torch.random.fork_rng(devices=forked_devices()):
         torch.manual_seed(START_CHECK_SEED)
         return importance_log_weights(
             model, guide, *args, num_samples=START_CHECK_DRAWS, **kwargs
@@ -994,17 +998,9 @@ def _fit_replicas(
     kept.settings["replica_check"] = check
     kept.wall_time = float(sum(r.wall_time for r in results))
     if compare_start and kept.start_params is not None:
-        with warnings.catch_warnings(), quiet_pyro_logging():
-            warnings.simplefilter("ignore", NotVectorizableWarning)
-            kept.settings["start_check"] = _keep_the_better_of_start_and_end(
-                model, guide, args, kwargs, kept.start_params
-            )
+        kept.settings["start_check"] = _start_check(model, guide, args, kwargs, kept.start_params)
     if report_samples:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotVectorizableWarning)
-            kept.report = free_energy_report(
-                model, guide, *args, num_samples=report_samples, **kwargs
-            )
+        kept.report = _report(model, guide, args, kwargs, report_samples, warned=True)
     return kept
 
 
