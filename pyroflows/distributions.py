@@ -43,17 +43,22 @@ class FlowDistribution(TorchDistribution):
         base_dist: TorchDistribution,
         transforms: Sequence[Transform],
         validate_args: bool | None = None,
+        sticking_the_landing: bool = False,
     ):
         if len(base_dist.event_shape) != 1:
             raise ValueError("FlowDistribution needs a base distribution over vectors")
         self.base_dist = base_dist
         self.transforms = list(transforms)
+        self.sticking_the_landing = bool(sticking_the_landing)
         self._cached: tuple[torch.Tensor, torch.Tensor] | None = None
         super().__init__(base_dist.batch_shape, base_dist.event_shape, validate_args=validate_args)
 
     def expand(self, batch_shape, _instance=None) -> FlowDistribution:
         return FlowDistribution(
-            self.base_dist.expand(batch_shape), self.transforms, validate_args=self._validate_args
+            self.base_dist.expand(batch_shape),
+            self.transforms,
+            validate_args=self._validate_args,
+            sticking_the_landing=self.sticking_the_landing,
         )
 
     def rsample(self, sample_shape=_EMPTY) -> torch.Tensor:
@@ -64,8 +69,41 @@ class FlowDistribution(TorchDistribution):
             y = transform(x)
             log_q = log_q - transform.log_abs_det_jacobian(x, y)
             x = y
+        if self.sticking_the_landing and x.requires_grad and torch.is_grad_enabled():
+            log_q = _path_log_q(log_q, x, self._score_at_detached_parameters(u))
         self._cached = (x, log_q)
         return x
+
+    def _score_at_detached_parameters(self, u: torch.Tensor) -> torch.Tensor:
+        """``∇_x log q_φ̄(x)`` at ``x = f(u)``: ``J⁻ᵀ ∇_u [log p(u) - log|det J(u)|]``, from one
+        backward pass through ``D + 1`` copies of the draws ``u`` (copy ``i < D`` gives row ``i``
+        of ``J``, the last one the ``u``-gradient), with no gradient to the parameters."""
+        dim = u.shape[-1]
+        batch_shape = u.shape[:-1]
+        copies = u.detach().expand((dim + 1,) + u.shape).clone().requires_grad_(True)
+        with torch.enable_grad():
+            log_q, x = self.base_dist.log_prob(copies), copies
+            for transform in self.transforms:
+                forward = getattr(transform, "forward_with_log_det", None)
+                if forward is None:
+                    y = transform(x)
+                    log_q = log_q - transform.log_abs_det_jacobian(x, y)
+                else:  # bypasses the layer's cache, which keeps the main pass's draws
+                    y, log_det = forward(x)
+                    log_q = log_q - log_det
+                x = y
+            rows = torch.eye(dim, dtype=u.dtype, device=u.device)
+            rows = rows.reshape((dim,) + (1,) * len(batch_shape) + (dim,)).expand(x[:dim].shape)
+            x_seed = torch.cat([rows, torch.zeros_like(x[dim:])])
+            log_q_seed = torch.zeros_like(log_q)
+            log_q_seed[dim] = 1.0
+            (gradients,) = torch.autograd.grad((x, log_q), (copies,), (x_seed, log_q_seed))
+        jacobian = gradients[:dim].movedim(0, -2)  # [..., i, j] = ∂x_i/∂u_j
+        score_u = gradients[dim]
+        score_x = torch.linalg.solve(
+            jacobian.transpose(-1, -2).double(), score_u.double().unsqueeze(-1)
+        )
+        return score_x.squeeze(-1).to(u.dtype)
 
     def sample(self, sample_shape=_EMPTY) -> torch.Tensor:
         """Draws without gradients and without computing log q (use ``rsample`` for that)."""
@@ -77,6 +115,9 @@ class FlowDistribution(TorchDistribution):
             return x
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """log q of ``value``: free for the distribution's own most recent ``rsample`` (and, with
+        ``sticking_the_landing``, with only the path gradient), by inverting the layers
+        otherwise."""
         cached = self._cached
         if cached is not None and cached[0] is value:
             return cached[1]
@@ -89,3 +130,10 @@ class FlowDistribution(TorchDistribution):
             log_det = log_det + transform.log_abs_det_jacobian(x, y)
             y = x
         return self.base_dist.log_prob(y) - log_det
+
+
+def _path_log_q(log_q: torch.Tensor, x: torch.Tensor, score_x: torch.Tensor) -> torch.Tensor:
+    """``log_q``'s value with the gradient ``score_xᵀ ∂x/∂φ`` (the path term) instead of its own:
+    ``log_q`` detached plus ``score_x · x`` minus its own value."""
+    path = (score_x.detach() * x).sum(-1)
+    return log_q.detach() + path - path.detach()
