@@ -239,6 +239,7 @@ def test_draws_are_shared_between_export_and_diagnosis(schools_idata):
         eight_schools, guide, Y, SIGMA, num_samples=200, draws=draws
     )
     assert math.isclose(diagnosis.khat, idata.posterior.attrs["khat"], rel_tol=1e-9)
+    assert diagnosis.verdict == idata.posterior.attrs["verdict"]
     assert math.isclose(diagnosis.raw_mean["mu"], float(idata.posterior["mu"].mean()), rel_tol=1e-5)
 
 

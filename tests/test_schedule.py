@@ -140,3 +140,66 @@ def test_a_fit_stopped_while_improving_is_not_called_good():
         far, pyroflows.AutoIAF(far, init="median"), lr=1e-3, max_steps=600, progress=False
     )
     assert capped.converged is False and "max_steps reached" in capped.convergence
+
+
+def test_diagnose_with_the_fit_result_gives_the_fit_s_verdict():
+    """``diagnose(..., result=)`` adds the fit's convergence evidence to k-hat (issue 10,
+    item 6): the fit stopped while improving is "not converged" there too, whatever k-hat says;
+    without ``result`` the printout says convergence is not known."""
+
+    def far():
+        pyro.sample("z", dist.Normal(torch.full((3,), 50.0), 1.0).to_event(1))
+
+    pyro.clear_param_store()
+    guide = pyroflows.AutoIAF(far, init="median")
+    result = pyroflows.fit(far, guide, steps=300, lr=1e-3, lr_decay=1.0, progress=False)
+    assert result.converged is False
+    diagnosis = pyroflows.diagnose(far, guide, result=result)
+    assert diagnosis.verdict == "not converged" or diagnosis.khat_verdict == "unreliable"
+    assert diagnosis.verdict == result.verdict
+    assert "still improving" in str(diagnosis)
+    alone = pyroflows.diagnose(far, guide)
+    assert alone.convergence is None and "not known: pass result=" in str(alone)
+    assert alone.verdict == alone.khat_verdict or alone.verdict == "ok"
+
+    pyro.clear_param_store()
+    converged_guide = pyroflows.AutoIAF(gaussian_model)
+    converged = pyroflows.fit(gaussian_model, converged_guide, progress=False)
+    diagnosis = pyroflows.diagnose(gaussian_model, converged_guide, result=converged)
+    assert converged.converged and diagnosis.verdict == "good"
+    assert "stopped improving" in diagnosis.convergence
+
+
+def test_diagnose_names_a_result_that_is_not_the_guide_s():
+    pyro.clear_param_store()
+    guide = pyroflows.AutoIAF(gaussian_model)
+    other = pyroflows.AutoIAF(gaussian_model)
+    result = pyroflows.fit(gaussian_model, other, steps=20, report_samples=None, progress=False)
+    with pytest.raises(ValueError, match="another guide object"):
+        pyroflows.diagnose(gaussian_model, guide, result=result)
+    with pytest.raises(TypeError, match="result must be the FitResult"):
+        pyroflows.diagnose(gaussian_model, other, result={"converged": True})
+
+
+def test_a_thinly_covered_mode_caps_diagnose_at_ok():
+    """The IW bound more than half of log 2 above the ELBO caps k-hat's "good" at "ok", in
+    ``diagnose`` as in ``fit`` (one rule: ``combined_verdict``)."""
+    from pyroflows.diagnostics.free_energy import combined_verdict
+
+    assert combined_verdict(_report(0.3, 0.0)) == "good"
+    assert combined_verdict(_report(0.3, 0.5)) == "ok"
+    assert combined_verdict(_report(0.3, 0.0), converged=False) == "not converged"
+    assert combined_verdict(_report(0.3, 0.0), replicas_disagree=True) == "ok"
+    assert combined_verdict(_report(0.8, 0.0), converged=False) == "unreliable"
+
+
+def test_khat_on_as_good_as_equal_weights_does_not_demote_good():
+    """k-hat is the shape of the weights' tail, whatever their scale: on log weights with sd
+    0.002 (an exact guide) it is noise, and 0.5-0.7 stays "good" there; with sd 0.5 it is
+    "ok", and 0.7 or more is "unreliable" at any spread."""
+    tiny = FreeEnergyReport(1.0, 0.002 / math.sqrt(4000), -1.0, 0.0, 0.6, 3999.9, 4000)
+    wide = FreeEnergyReport(1.0, 0.5 / math.sqrt(4000), -0.9, 0.1, 0.6, 3000.0, 4000)
+    heavy = FreeEnergyReport(1.0, 0.002 / math.sqrt(4000), -1.0, 0.0, 0.75, 3999.9, 4000)
+    assert tiny.log_weight_sd == pytest.approx(0.002)
+    assert tiny.khat_verdict == "good" and wide.khat_verdict == "ok"
+    assert heavy.khat_verdict == "unreliable"

@@ -13,7 +13,12 @@ import torch
 from pyroflows._validation import check_count, check_flag
 from pyroflows.diagnostics import _arviz_compat
 from pyroflows.diagnostics.draws import PosteriorDraws, draw_posterior
-from pyroflows.diagnostics.free_energy import _KHAT_WHY, DEFAULT_NUM_DRAWS, MIN_KHAT_DRAWS
+from pyroflows.diagnostics.free_energy import (
+    _KHAT_WHY,
+    DEFAULT_NUM_DRAWS,
+    MIN_KHAT_DRAWS,
+    combined_verdict,
+)
 from pyroflows.diagnostics.modes import mode_coverage
 
 __all__ = ["to_inference_data"]
@@ -69,9 +74,10 @@ def to_inference_data(
     The guide's draws are independent, so they are split into ``num_chains`` chains only so that
     ArviZ's multi-chain summaries (R-hat, ESS) run; R-hat near 1 is expected, not evidence.
     ``attrs`` record the guide class, its settings, the free energy, the importance-weighted
-    bound and k-hat from the same draws, the verdict (k-hat's, or "unreliable" where the
-    guide misses a mode that its multi-start start found) and, where it found several, the
-    missed mass and its error (:mod:`pyroflows.diagnostics.modes`).
+    bound and k-hat from the same draws, the verdict (:func:`diagnose`'s without a fit result:
+    k-hat's, "unreliable" where the guide misses a mode that its multi-start start found, at
+    most "ok" where the IW bound sits more than half of log 2 above the ELBO) and, where it
+    found several modes, the missed mass and its error (:mod:`pyroflows.diagnostics.modes`).
 
     Args:
         model, guide: a model and the guide fitted to it; ``*args, **kwargs`` are the model's.
@@ -147,7 +153,7 @@ def to_inference_data(
         "iw_bound": report.iw_bound,
         "khat": report.khat,
         "khat_verdict": report.khat_verdict,
-        "verdict": replace(report, mode_coverage=coverage).verdict,
+        "verdict": combined_verdict(replace(report, mode_coverage=coverage)),
         "missed_mass": None if coverage is None else coverage.missed_mass,
         "missed_mass_se": None if coverage is None else coverage.missed_mass_se,
         "num_samples": num_samples,

@@ -10,7 +10,12 @@ import torch
 
 from pyroflows._validation import check_count
 from pyroflows.diagnostics.draws import PosteriorDraws, draw_posterior
-from pyroflows.diagnostics.free_energy import _KHAT_WHY, DEFAULT_NUM_DRAWS, MIN_KHAT_DRAWS
+from pyroflows.diagnostics.free_energy import (
+    _KHAT_WHY,
+    DEFAULT_NUM_DRAWS,
+    MIN_KHAT_DRAWS,
+    combined_verdict,
+)
 from pyroflows.diagnostics.modes import ModeCoverage, mode_coverage
 
 __all__ = ["Diagnosis", "diagnose"]
@@ -22,7 +27,19 @@ _VERDICTS = {
     "than the raw guide's",
     "unreliable": "k-hat >= 0.7: the approximation is not to be trusted (too narrow, a missed "
     "mode or tail);\n  fit longer, use a richer guide, or use MCMC",
+    "not converged": "the fit stopped while its free energy was still falling: k-hat judges a "
+    "guide that\n  was still moving; fit longer (resume=result) and diagnose again",
 }
+
+_EQUAL_WEIGHTS = (
+    "the weights are as good as equal (log-weight sd below 0.05): the guide matches the "
+    "posterior on\n  its draws, and k-hat, the shape of their tail, is noise"
+)
+
+_CAPPED = (
+    "k-hat < 0.5, but the IW bound sits more than half of log 2 above the ELBO (mass the guide\n"
+    "  covers thinly) or independent replicas of the fit disagree: usable with care"
+)
 
 _MISSED_MODE = (
     "the guide misses a mode that the multi-start MAP found (see mode coverage): its\n  "
@@ -60,7 +77,12 @@ class Diagnosis:
 
     Attributes:
         khat: PSIS Pareto k-hat of the importance weights ``p(x, z) / q(z)``.
-        verdict: ``"good"`` (k-hat < 0.5), ``"ok"`` (< 0.7) or ``"unreliable"``.
+        verdict: k-hat's verdict (``"good"`` below 0.5, ``"ok"`` below 0.7, else
+            ``"unreliable"``) combined with the other evidence by
+            :data:`~pyroflows.diagnostics.free_energy.VERDICT_RULE`, as ``fit``'s: a missed
+            mode, an IW bound far above the ELBO and, with ``diagnose(..., result=)``, the
+            fit's convergence (``"not converged"``) and its replicas.
+        khat_verdict: k-hat's verdict alone.
         ess: effective sample size of the self-normalized weights.
         elbo, elbo_se: the ELBO and its Monte Carlo standard error.
         iw_bound, iw_bound_se: ``log mean(w)`` and its delta-method standard error
@@ -86,6 +108,9 @@ class Diagnosis:
     psis_mean: dict[str, float]
     psis_sd: dict[str, float]
     mode_coverage: ModeCoverage | None = None
+    khat_verdict: str = ""
+    #: the fit's convergence evidence (``diagnose(..., result=)``), or None where not given
+    convergence: str | None = None
 
     @property
     def trustworthy(self) -> bool:
@@ -94,9 +119,19 @@ class Diagnosis:
 
     def format(self, max_rows: int = 20) -> str:
         missed = self.mode_coverage is not None and self.mode_coverage.missed_mode
+        if missed:
+            why = _MISSED_MODE
+        elif self.verdict == "ok" and self.khat_verdict == "good":
+            why = _CAPPED
+        elif self.verdict == "good" and self.khat >= 0.5:
+            why = _EQUAL_WEIGHTS
+        else:
+            why = _VERDICTS[self.verdict]
+        convergence = self.convergence or "not known: pass result= (what fit returned)"
         lines = [
             f"PSIS k-hat        {self.khat:.2f}  ({self.verdict})",
-            f"  {_MISSED_MODE if missed else _VERDICTS[self.verdict]}",
+            f"  {why}",
+            f"convergence       {convergence}",
             f"ESS of weights    {self.ess:.0f} / {self.num_samples}",
             f"ELBO              {self.elbo:.3f} ± {self.elbo_se:.3f}",
             f"IW bound          {self.iw_bound:.3f} ± {self.iw_bound_se:.3f}"
@@ -135,6 +170,7 @@ def diagnose(
     num_samples: int = DEFAULT_NUM_DRAWS,
     chunk_size: int = 500,
     draws: PosteriorDraws | None = None,
+    result=None,
     **kwargs,
 ) -> Diagnosis:
     """Yao et al. (2018), "Yes, but did it work?": is the fitted guide a trustworthy posterior?
@@ -151,17 +187,32 @@ def diagnose(
     :func:`pyroflows.to_inference_data`, so that their verdicts on one guide agree; at least 100
     are needed for a k-hat.
 
+    k-hat alone cannot tell a converged fit from one stopped on its way (issue 10: a posterior
+    2.6 times too narrow once scored k-hat 0.60), so the verdict follows
+    :data:`~pyroflows.diagnostics.free_energy.VERDICT_RULE`, like ``FitResult.verdict``: a mode
+    the multi-start MAP found and the guide misses makes it ``"unreliable"``; an IW bound more
+    than half of log 2 above the ELBO caps it at ``"ok"``; and ``result``, the
+    :class:`~pyroflows.FitResult` of the fit that trained ``guide``, adds the fit's
+    convergence evidence: ``"not converged"`` where its free energy was still falling when it
+    stopped, at most ``"ok"`` where its replicas disagree. Without ``result`` the printout says
+    that convergence is not known.
+
     Raises:
         ModelGuideMismatchError: the guide's latent sites are not the model's.
         SubsampledPlateError: a plate's data cannot all be scored.
+        ValueError: ``result`` is not the result of a fit of this ``guide``.
         NonFiniteDataError: a model argument holds NaN or infinite values.
 
     Example:
         >>> diagnosis = pyroflows.diagnose(model, guide, data)  # doctest: +SKIP
         >>> print(diagnosis)  # doctest: +SKIP
         >>> diagnosis.khat, diagnosis.psis_mean["theta[0]"]  # doctest: +SKIP
+        >>> result = pyroflows.fit(model, guide, data)  # doctest: +SKIP
+        >>> pyroflows.diagnose(model, guide, data, result=result).verdict  # doctest: +SKIP
+        'good'
     """
     check_count("chunk_size", chunk_size, minimum=1)
+    converged, replicas_disagree, convergence = _fit_evidence(result, guide)
     if draws is None:
         check_count("num_samples", num_samples, minimum=MIN_KHAT_DRAWS, why=_KHAT_WHY)
         draws = draw_posterior(
@@ -189,7 +240,7 @@ def diagnose(
         psis_sd[name] = float(((weights * (values - mean) ** 2).sum()).sqrt())
     return Diagnosis(
         khat=report.khat,
-        verdict=report.verdict,
+        verdict=combined_verdict(report, converged, replicas_disagree),
         ess=report.ess,
         num_samples=count,
         elbo=-report.free_energy,
@@ -201,4 +252,25 @@ def diagnose(
         psis_mean=psis_mean,
         psis_sd=psis_sd,
         mode_coverage=coverage,
+        khat_verdict=report.khat_verdict,
+        convergence=convergence,
     )
+
+
+def _fit_evidence(result, guide) -> tuple[bool | None, bool, str | None]:
+    """``(converged, replicas_disagree, what the fit said of its convergence)`` from a
+    ``FitResult`` of ``guide`` (unknown, no, None without one)."""
+    if result is None:
+        return None, False, None
+    if not all(hasattr(result, name) for name in ("converged", "convergence", "guide")):
+        raise TypeError(
+            f"result must be the FitResult that pyroflows.fit returned, got {type(result).__name__}"
+        )
+    if result.guide is not guide:
+        raise ValueError(
+            "result belongs to a fit of another guide object: pass the FitResult of the fit that "
+            "trained this guide (result.guide is the guide it fitted)"
+        )
+    if result.interrupted:
+        return False, result.replicas_disagree, "the fit was interrupted before it converged"
+    return result.converged, result.replicas_disagree, result.convergence or None
