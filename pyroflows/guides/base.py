@@ -132,6 +132,10 @@ class AutoFlowGuide(AutoContinuous):
         self.flow: ComposeTransformModule | None = None
         #: the start the affine stage was built at (set up with the model)
         self.start: Start | None = None
+        #: whether log q of the guide's own draws carries only the path gradient (Roeder et al.
+        #: 2017; see :class:`~pyroflows.distributions.FlowDistribution`); ``fit`` sets it for its
+        #: training steps (``gradients=``), and a plain SVI loop may set it too
+        self.sticking_the_landing: bool = False
 
     def __getstate__(self):
         # like Pyro's AutoGuide, which drops its (init-wrapped) model: models need not pickle
@@ -352,7 +356,11 @@ class AutoFlowGuide(AutoContinuous):
         """``FlowDistribution(Normal(0, I), flow)``: log q of its own samples comes for free."""
         self._require_setup("get_posterior", args, kwargs)
         flow = self.flow  # one attribute access: each one registers the parameters with Pyro
-        return FlowDistribution(_standard_normal_like(flow[-1].loc0), list(flow))
+        return FlowDistribution(
+            _standard_normal_like(flow[-1].loc0),
+            list(flow),
+            sticking_the_landing=self.sticking_the_landing,
+        )
 
     # ---- summaries ---------------------------------------------------------------------------
 
