@@ -78,6 +78,12 @@ class FlowDistribution(TorchDistribution):
         """``∇_x log q_φ̄(x)`` at ``x = f(u)``: ``J⁻ᵀ ∇_u [log p(u) - log|det J(u)|]``, from one
         backward pass through ``D + 1`` copies of the draws ``u`` (copy ``i < D`` gives row ``i``
         of ``J``, the last one the ``u``-gradient), with no gradient to the parameters."""
+        if torch.jit.is_tracing():
+            raise RuntimeError(
+                "sticking_the_landing cannot be traced by torch.jit (JitTrace_ELBO): its "
+                "Jacobian comes from torch.autograd.grad inside the draw; use Trace_ELBO, or set "
+                "the guide's sticking_the_landing = False"
+            )
         dim = u.shape[-1]
         batch_shape = u.shape[:-1]
         copies = u.detach().expand((dim + 1,) + u.shape).clone().requires_grad_(True)
@@ -134,6 +140,6 @@ class FlowDistribution(TorchDistribution):
 
 def _path_log_q(log_q: torch.Tensor, x: torch.Tensor, score_x: torch.Tensor) -> torch.Tensor:
     """``log_q``'s value with the gradient ``score_xᵀ ∂x/∂φ`` (the path term) instead of its own:
-    ``log_q`` detached plus ``score_x · x`` minus its own value."""
+    ``log_q`` detached plus (``score_x · x`` minus its own value)."""
     path = (score_x.detach() * x).sum(-1)
-    return log_q.detach() + path - path.detach()
+    return log_q.detach() + (path - path.detach())  # exactly log_q's value: path - path is 0

@@ -8,7 +8,7 @@ import sys
 import pyro
 import pytest
 import torch
-from pyro.infer import Trace_ELBO
+from pyro.infer import SVI, JitTrace_ELBO, RenyiELBO, Trace_ELBO
 from pyro.infer.autoguide import AutoNormal
 
 import pyroflows
@@ -89,8 +89,31 @@ def test_bad_gradients_are_named():
     with pytest.raises(ValueError, match="gradients must be one of 'auto', 'stl'"):
         _fit(problem, pyroflows.AutoIAF(problem.model), gradients="path")
     pyro.clear_param_store()
-    with pytest.raises(ValueError, match='gradients="stl" needs a pyroflows guide.*AutoNormal'):
+    with pytest.raises(ValueError, match='gradients="stl" cannot.*AutoNormal is not a pyroflows'):
         _fit(problem, AutoNormal(problem.model), gradients="stl")
+
+
+def test_objectives_that_need_the_score_term_or_jit_keep_the_plain_gradients():
+    """JIT cannot trace the batched Jacobian, and an importance-weighted objective (Rényi)
+    needs the score term STL drops (Tucker et al. 2019): "auto" then uses the plain
+    gradients, "stl" is an error that says why, and in a plain loop the traced guide names the
+    switch to turn off."""
+    problem = banana()
+    for elbo in (JitTrace_ELBO(), RenyiELBO(alpha=0.5, num_particles=2)):
+        pyro.clear_param_store()
+        result = _fit(problem, pyroflows.AutoIAF(problem.model), elbo=elbo, steps=5)
+        assert result.settings["gradients"] == "reparameterized", type(elbo).__name__
+    pyro.clear_param_store()
+    with pytest.raises(ValueError, match="torch.jit cannot trace"):
+        _fit(problem, pyroflows.AutoIAF(problem.model), elbo=JitTrace_ELBO(), gradients="stl")
+    with pytest.raises(ValueError, match="RenyiELBO is not the plain ELBO"):
+        _fit(problem, pyroflows.AutoIAF(problem.model), elbo=RenyiELBO(), gradients="stl")
+    pyro.clear_param_store()
+    guide = pyroflows.AutoIAF(problem.model)
+    guide.sticking_the_landing = True
+    svi = SVI(problem.model, guide, pyro.optim.Adam({"lr": 1e-2}), JitTrace_ELBO())
+    with pytest.raises(RuntimeError, match="sticking_the_landing cannot be traced"):
+        svi.step(*problem.args)
 
 
 def test_a_resumed_fit_keeps_its_estimator():

@@ -19,7 +19,17 @@ import numpy as np
 import pyro
 import torch
 from pyro import poutine
-from pyro.infer import ELBO, Trace_ELBO
+from pyro.infer import (
+    ELBO,
+    JitTrace_ELBO,
+    JitTraceEnum_ELBO,
+    JitTraceGraph_ELBO,
+    JitTraceMeanField_ELBO,
+    Trace_ELBO,
+    TraceEnum_ELBO,
+    TraceGraph_ELBO,
+    TraceTailAdaptive_ELBO,
+)
 from pyro.infer.util import zero_grads
 from pyro.optim import ClippedAdam
 from tqdm.auto import tqdm
@@ -592,7 +602,7 @@ def fit(
     # one run of the guide and model: sets the guide up, names a guide built for another model
     # before any step, and gives the ELBO its plate nesting (so it guesses nothing)
     nesting = max_plate_nesting(model, guide, *args, **kwargs)
-    sticking_the_landing = _uses_sticking_the_landing(gradients, guide)
+    sticking_the_landing = _uses_sticking_the_landing(gradients, guide, elbo)
     gradients = "stl" if sticking_the_landing else "reparameterized"
     warned_slow = False
     if elbo is None:
@@ -837,21 +847,47 @@ def fit(
     return result
 
 
-def _uses_sticking_the_landing(gradients: str, guide) -> bool:
+def _uses_sticking_the_landing(gradients: str, guide, elbo: ELBO | None) -> bool:
     """Whether ``fit(gradients=...)`` trains ``guide`` (set up with the model) with
-    sticking-the-landing gradients: with ``"stl"`` (a pyroflows guide required), or with
-    ``"auto"`` for a pyroflows guide of at most :data:`STL_MAX_DIM` latent dimensions."""
+    sticking-the-landing gradients: with ``"stl"``, or with ``"auto"`` for a pyroflows guide of
+    at most :data:`STL_MAX_DIM` latent dimensions, where the ELBO allows it
+    (:func:`_path_gradient_problem`)."""
     if gradients == "reparameterized":
         return False
-    supported = hasattr(guide, "sticking_the_landing")
+    problem = _path_gradient_problem(guide, elbo)
     if gradients == "stl":
-        if not supported:
+        if problem is not None:
             raise ValueError(
-                f'gradients="stl" needs a pyroflows guide, whose draws know their own log q; a '
-                f'{type(guide).__name__} cannot give it: pass gradients="reparameterized"'
+                f'gradients="stl" cannot be used here: {problem}; pass gradients="auto" or '
+                '"reparameterized"'
             )
         return True
-    return supported and guide.latent_dim <= STL_MAX_DIM
+    return problem is None and guide.latent_dim <= STL_MAX_DIM
+
+
+def _path_gradient_problem(guide, elbo: ELBO | None) -> str | None:
+    """Why sticking-the-landing gradients do not apply, or None: the guide must be a pyroflows
+    guide (its draws know their own log q), and the ELBO the plain one (Pyro's ``Trace_ELBO``,
+    ``TraceMeanField_ELBO``, ``TraceGraph_ELBO`` or ``TraceEnum_ELBO``): importance-weighted
+    objectives (``RenyiELBO``, ``TraceTailAdaptive_ELBO``) need the score term (Tucker et al.
+    2019), and ``torch.jit`` cannot trace the batched Jacobian."""
+    if not hasattr(guide, "sticking_the_landing"):
+        return f"{type(guide).__name__} is not a pyroflows guide, whose draws know their log q"
+    if elbo is None:
+        return None
+    if isinstance(elbo, _JIT_ELBOS):
+        return f"torch.jit cannot trace the path gradient's Jacobian ({type(elbo).__name__})"
+    if not isinstance(elbo, _PLAIN_ELBOS) or isinstance(elbo, TraceTailAdaptive_ELBO):
+        return (
+            f"{type(elbo).__name__} is not the plain ELBO: an importance-weighted objective needs "
+            "the score term that sticking the landing drops"
+        )
+    return None
+
+
+#: the ELBOs whose gradient stays unbiased without log q's score term
+_PLAIN_ELBOS = (Trace_ELBO, TraceGraph_ELBO, TraceEnum_ELBO)
+_JIT_ELBOS = (JitTrace_ELBO, JitTraceGraph_ELBO, JitTraceEnum_ELBO, JitTraceMeanField_ELBO)
 
 
 @contextmanager
