@@ -375,7 +375,9 @@ def fit(
       funnel at the pilots' step size) recovers instead of ending the fit;
     * ``gradients="auto"``: sticking-the-landing gradients (Roeder, Wu & Duvenaud 2017) for
       pyroflows guides of at most ``STL_MAX_DIM`` (64) latent dimensions, the plain
-      reparameterized ones otherwise (``"stl"`` or ``"reparameterized"`` choose). The guide's
+      reparameterized ones otherwise and under an ``elbo`` that is JIT-traced or
+      importance-weighted (``RenyiELBO``: it needs the score term; Tucker et al. 2019);
+      ``"stl"`` or ``"reparameterized"`` choose. The guide's
       log q of its own draw keeps its value but carries only the path gradient, so the
       gradient's score term, zero-mean noise that does not vanish as the guide nears the
       posterior, is gone (:class:`~pyroflows.distributions.FlowDistribution`; any flow, by a
