@@ -72,6 +72,11 @@ def test_fit_records_the_estimator_and_restores_the_guide_switch():
     pyro.clear_param_store()
     normal = AutoNormal(problem.model)
     assert _fit(problem, normal).settings["gradients"] == "reparameterized"
+    # the multimodal (tempered) families keep the plain gradients unless asked
+    naf = pyroflows.AutoNAF(problem.model)
+    assert _fit(problem, naf).settings["gradients"] == "reparameterized"
+    naf = pyroflows.AutoNAF(problem.model)
+    assert _fit(problem, naf, gradients="stl").settings["gradients"] == "stl"
 
 
 def test_auto_uses_the_plain_estimator_above_the_dimension_threshold(monkeypatch):
