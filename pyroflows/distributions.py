@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -70,7 +71,11 @@ class FlowDistribution(TorchDistribution):
             log_q = log_q - transform.log_abs_det_jacobian(x, y)
             x = y
         if self.sticking_the_landing and x.requires_grad and torch.is_grad_enabled():
-            log_q = _path_log_q(log_q, x, self._score_at_detached_parameters(u))
+            score_x = self._score_at_detached_parameters(u)
+            solved = torch.isfinite(score_x).all(-1)
+            score_x = torch.where(solved.unsqueeze(-1), score_x, torch.zeros_like(score_x))
+            # a draw whose Jacobian float64 cannot solve keeps its plain log q gradient
+            log_q = torch.where(solved, _path_log_q(log_q, x, score_x), log_q)
         self._cached = (x, log_q)
         return x
 
@@ -106,10 +111,12 @@ class FlowDistribution(TorchDistribution):
             (gradients,) = torch.autograd.grad((x, log_q), (copies,), (x_seed, log_q_seed))
         jacobian = gradients[:dim].movedim(0, -2)  # [..., i, j] = ∂x_i/∂u_j
         score_u = gradients[dim]
-        score_x = torch.linalg.solve(
+        score_x, info = torch.linalg.solve_ex(
             jacobian.transpose(-1, -2).double(), score_u.double().unsqueeze(-1)
         )
-        return score_x.squeeze(-1).to(u.dtype)
+        score_x = score_x.squeeze(-1).to(u.dtype)
+        singular = (info != 0).unsqueeze(-1)  # NaN marks the draw (see rsample)
+        return torch.where(singular, torch.full_like(score_x, math.nan), score_x)
 
     def sample(self, sample_shape=_EMPTY) -> torch.Tensor:
         """Draws without gradients and without computing log q (use ``rsample`` for that)."""

@@ -6,13 +6,16 @@ flow family in ``test_transform_contract.py``."""
 import sys
 
 import pyro
+import pyro.distributions as dist
 import pytest
 import torch
+from pyro.distributions import constraints
 from pyro.infer import SVI, JitTrace_ELBO, RenyiELBO, Trace_ELBO
 from pyro.infer.autoguide import AutoNormal
 
 import pyroflows
 from pyroflows import fit
+from pyroflows.distributions import FlowDistribution
 from pyroflows.models import banana, linear_regression
 
 
@@ -144,3 +147,41 @@ def test_a_step_with_the_switch_on_trains_like_one_without_on_average():
         ends[gradients] = float(result.report.free_energy)
     assert abs(ends["stl"] - ends["reparameterized"]) < 0.15, ends
     assert torch.isfinite(torch.tensor(list(ends.values()))).all()
+
+
+class _Scale(torch.distributions.Transform):
+    """``x = u · exp(log_scale)``, its log-determinant from ``log_scale`` (exact even where
+    ``exp`` underflows, as in a saturated sigmoidal flow)."""
+
+    bijective = True
+    domain = constraints.real_vector
+    codomain = constraints.real_vector
+
+    def __init__(self, log_scale):
+        super().__init__()
+        self.log_scale = log_scale
+
+    def _call(self, u):
+        return u * torch.exp(self.log_scale)
+
+    def _inverse(self, x):
+        return x * torch.exp(-self.log_scale)
+
+    def log_abs_det_jacobian(self, u, x):
+        return self.log_scale.sum(-1).expand(u.shape[:-1])
+
+
+def test_a_jacobian_float64_cannot_solve_keeps_the_plain_gradient():
+    """A coordinate contracted by e^-200 has a Jacobian entry of exactly 0 in float32 (its
+    log-determinant is still -200): that draw's log q keeps its plain gradient instead of a
+    NaN from the singular solve."""
+    log_scale = torch.tensor([0.0, -200.0], requires_grad=True)
+    base = dist.Normal(torch.zeros(2), 1.0).to_event(1)
+    gradients = {}
+    for stl in (True, False):
+        torch.manual_seed(0)
+        q = FlowDistribution(base, [_Scale(log_scale)], sticking_the_landing=stl)
+        x = q.rsample((4,))
+        (gradients[stl],) = torch.autograd.grad(q.log_prob(x).sum(), log_scale)
+    assert torch.isfinite(gradients[True]).all()
+    assert torch.equal(gradients[True], gradients[False])
