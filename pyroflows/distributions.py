@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -64,25 +63,39 @@ class FlowDistribution(TorchDistribution):
 
     def rsample(self, sample_shape=_EMPTY) -> torch.Tensor:
         u = self.base_dist.rsample(sample_shape)
-        log_q = self.base_dist.log_prob(u)
-        x = u
-        for transform in self.transforms:
-            y = transform(x)
-            log_q = log_q - transform.log_abs_det_jacobian(x, y)
-            x = y
+        x, log_q = self._push_forward(u)
         if self.sticking_the_landing and x.requires_grad and torch.is_grad_enabled():
-            score_x = self._score_at_detached_parameters(u)
-            solved = torch.isfinite(score_x).all(-1)
-            score_x = torch.where(solved.unsqueeze(-1), score_x, torch.zeros_like(score_x))
+            score_x, solved = self._score_at_detached_parameters(u)
             # a draw whose Jacobian float64 cannot solve keeps its plain log q gradient
             log_q = torch.where(solved, _path_log_q(log_q, x, score_x), log_q)
         self._cached = (x, log_q)
         return x
 
-    def _score_at_detached_parameters(self, u: torch.Tensor) -> torch.Tensor:
-        """``∇_x log q_φ̄(x)`` at ``x = f(u)``: ``J⁻ᵀ ∇_u [log p(u) - log|det J(u)|]``, from one
-        backward pass through ``D + 1`` copies of the draws ``u`` (copy ``i < D`` gives row ``i``
-        of ``J``, the last one the ``u``-gradient), with no gradient to the parameters."""
+    def _push_forward(
+        self, u: torch.Tensor, bypass_cache: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x = T_K(... T_1(u))`` and ``log q(x) = log p(u) - sum_k log|det J_k|``. With
+        ``bypass_cache``, layers that offer ``forward_with_log_det`` compute through it, leaving
+        their cache (which keeps the main pass's draws, for ``log_prob``) alone."""
+        log_q, x = self.base_dist.log_prob(u), u
+        for transform in self.transforms:
+            forward = getattr(transform, "forward_with_log_det", None) if bypass_cache else None
+            if forward is None:
+                y = transform(x)
+                log_det = transform.log_abs_det_jacobian(x, y)
+            else:
+                y, log_det = forward(x)
+            log_q = log_q - log_det
+            x = y
+        return x, log_q
+
+    def _score_at_detached_parameters(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(∇_x log q_φ̄(x), solved)`` at ``x = f(u)``: the score is
+        ``J⁻ᵀ ∇_u [log p(u) - log|det J(u)|]``, from one backward pass through ``D + 1`` copies
+        of the draws ``u`` (copy ``i < D`` gives row ``i`` of ``J``, the last one the
+        ``u``-gradient), with no gradient to the parameters; ``solved`` is False for a draw
+        whose ``J`` is singular in float64, or whose score overflows ``u``'s dtype (its score
+        is then 0)."""
         if torch.jit.is_tracing():
             raise RuntimeError(
                 "sticking_the_landing cannot be traced by torch.jit (JitTrace_ELBO): its "
@@ -93,16 +106,7 @@ class FlowDistribution(TorchDistribution):
         batch_shape = u.shape[:-1]
         copies = u.detach().expand((dim + 1,) + u.shape).clone().requires_grad_(True)
         with torch.enable_grad():
-            log_q, x = self.base_dist.log_prob(copies), copies
-            for transform in self.transforms:
-                forward = getattr(transform, "forward_with_log_det", None)
-                if forward is None:
-                    y = transform(x)
-                    log_q = log_q - transform.log_abs_det_jacobian(x, y)
-                else:  # bypasses the layer's cache, which keeps the main pass's draws
-                    y, log_det = forward(x)
-                    log_q = log_q - log_det
-                x = y
+            x, log_q = self._push_forward(copies, bypass_cache=True)
             rows = torch.eye(dim, dtype=u.dtype, device=u.device)
             rows = rows.reshape((dim,) + (1,) * len(batch_shape) + (dim,)).expand(x[:dim].shape)
             x_seed = torch.cat([rows, torch.zeros_like(x[dim:])])
@@ -115,8 +119,8 @@ class FlowDistribution(TorchDistribution):
             jacobian.transpose(-1, -2).double(), score_u.double().unsqueeze(-1)
         )
         score_x = score_x.squeeze(-1).to(u.dtype)
-        singular = (info != 0).unsqueeze(-1)  # NaN marks the draw (see rsample)
-        return torch.where(singular, torch.full_like(score_x, math.nan), score_x)
+        solved = (info == 0) & torch.isfinite(score_x).all(-1)  # not overflowed in u's dtype
+        return torch.where(solved.unsqueeze(-1), score_x, torch.zeros_like(score_x)), solved
 
     def sample(self, sample_shape=_EMPTY) -> torch.Tensor:
         """Draws without gradients and without computing log q (use ``rsample`` for that)."""
