@@ -14,7 +14,9 @@ import pyroflows
 from pyroflows.diagnostics.free_energy import FreeEnergyReport
 from pyroflows.infer.fit import FitResult
 from pyroflows.infer.schedule import (
+    PILOT_LRS,
     STEP_DOWN_MIN_STEPS,
+    STL_PILOT_LRS,
     Schedule,
     StoppingRule,
     pick_pilot,
@@ -111,8 +113,9 @@ def test_fit_stops_by_itself_and_says_why():
     assert result.converged and result.settings["steps"] == "auto"
     assert result.settings["schedule"]["decay_start"] is not None
     assert result.steps < result.settings["max_steps"]
-    assert result.settings["lr"] in (3e-3, 1e-2, 3e-2)
-    assert len(result.settings["pilot"]) == 3
+    assert result.settings["gradients"] == "stl"  # so the pilots try the lower grid
+    assert result.settings["lr"] in STL_PILOT_LRS
+    assert [pilot["lr"] for pilot in result.settings["pilot"]] == list(STL_PILOT_LRS)
     assert "stopped improving" in result.convergence
     schedule = result.settings["schedule"]
     stage_ends = [*schedule["step_downs"], schedule["decay_start"]]
@@ -123,6 +126,21 @@ def test_fit_stops_by_itself_and_says_why():
         assert "divided by 3" in result.convergence
     assert result.verdict == "good"
     assert abs(result.report.free_energy) < 0.02  # log Z = 0: the exact family
+
+
+@pytest.mark.parametrize(
+    ("gradients", "grid"), [("reparameterized", PILOT_LRS), ("stl", STL_PILOT_LRS)]
+)
+def test_the_pilots_try_the_grid_of_the_gradient_estimator(gradients, grid):
+    """Sticking-the-landing gradients are less noisy, so Adam steps further at the same rate:
+    their pilots try a grid one step lower."""
+    pyro.set_rng_seed(0)
+    guide = pyroflows.AutoIAF(gaussian_model, init="median")
+    result = pyroflows.fit(
+        gaussian_model, guide, steps=300, gradients=gradients, progress=False, report_samples=0
+    )
+    assert [pilot["lr"] for pilot in result.settings["pilot"]] == list(grid)
+    assert result.settings["lr"] in grid
 
 
 def test_a_fit_stopped_while_improving_is_not_called_good():

@@ -66,6 +66,7 @@ from pyroflows.infer.schedule import (
     PILOT_LRS,
     PILOT_STEPS,
     STEP_DOWN_MIN_STEPS,
+    STL_PILOT_LRS,
     Schedule,
     StoppingRule,
     pick_pilot,
@@ -350,7 +351,9 @@ def fit(
     * Pyro's ``ClippedAdam`` (elementwise gradient clipping at ``clip_norm=10``: one wild
       gradient cannot throw a flow far), with ``num_particles=8`` vectorized ELBO particles
       (half the gradient variance of 4, at a small cost per step for small models);
-    * ``lr="auto"``: pilot runs of 60 steps at 3e-3, 1e-2 and 3e-2 from the same start choose
+    * ``lr="auto"``: pilot runs of 60 steps at 3e-3, 1e-2 and 3e-2 (1e-3, 3e-3 and 1e-2 under
+      sticking-the-landing gradients, whose smaller noise makes Adam's steps effectively
+      larger: :data:`~pyroflows.infer.schedule.STL_PILOT_LRS`) from the same start choose
       the step size (a larger one must be better by more than its noise), and the fit goes on
       from the winning pilot's state; pyroflows guides learn in the whitened coordinates of
       their start, so this grid fits posteriors of any scale;
@@ -660,8 +663,9 @@ def fit(
             quiet_pyro_logging(),
             _path_gradients(guide, sticking_the_landing),
         ):
+            pilot_lrs = STL_PILOT_LRS if sticking_the_landing else PILOT_LRS
             lr, pilot_history, pilots = _pilot_runs(
-                elbo, model, guide, args, kwargs, clip_norm, stop, start_params
+                elbo, model, guide, args, kwargs, clip_norm, stop, start_params, pilot_lrs
             )
         if lr is None:  # Ctrl-C during the pilot runs: the guide is back where it started
             settings = {"steps": steps, "lr": "auto", "guide_class": type(guide).__name__}
@@ -1178,13 +1182,13 @@ def _keep_the_better_of_start_and_end(model, guide, args, kwargs, start_params) 
     return check
 
 
-def _pilot_runs(elbo, model, guide, args, kwargs, clip_norm, stop, start):
-    """Chooses the step size by pilot runs (see :mod:`pyroflows.infer.schedule`) from the
-    :func:`_snapshot` ``start``; returns ``(lr, the winning pilot's history, a summary per
+def _pilot_runs(elbo, model, guide, args, kwargs, clip_norm, stop, start, lrs):
+    """Chooses the step size among ``lrs`` by pilot runs (see :mod:`pyroflows.infer.schedule`)
+    from the :func:`_snapshot` ``start``; returns ``(lr, the winning pilot's history, a summary per
     pilot)``, the guide and the model's parameters left where the winning pilot took them.
     ``lr`` is None when Ctrl-C asked to stop; the parameters are then back at their start."""
     scores, ends, histories, summaries = [], [], [], []
-    for lr in PILOT_LRS:
+    for lr in lrs:
         _restore(guide, start)
         optim = ClippedAdam({"lr": lr, "lrd": 1.0, "clip_norm": clip_norm})
         losses: list[float] = []
@@ -1223,11 +1227,11 @@ def _pilot_runs(elbo, model, guide, args, kwargs, clip_norm, stop, start):
         raise NonFiniteLossError(
             1,
             math.nan,
-            f"every pilot run of the step size ({list(PILOT_LRS)}) diverged",
+            f"every pilot run of the step size ({list(lrs)}) diverged",
             FitResult(guide, np.asarray([]), 0.0, None, {}, False, {}),
         ) from None
     _restore(guide, ends[best])
-    return PILOT_LRS[best], histories[best], summaries
+    return lrs[best], histories[best], summaries
 
 
 def _raise_if_data_is_not_finite(first_step: bool, args, kwargs, cause) -> None:
