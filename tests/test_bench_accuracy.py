@@ -202,3 +202,21 @@ def test_models_broadcast_over_vectorized_draws(spec):
         assert len(shape) <= nesting + 1, f"site {name!r}: batch shape {tuple(shape)}"
         if len(shape) == nesting + 1:
             assert shape[0] in (1, draws), f"site {name!r}: batch shape {tuple(shape)}"
+
+
+def test_the_readme_table_has_a_row_per_held_out_target_and_marks_met_goals():
+    import json
+
+    import readme_accuracy_table
+
+    current = json.loads((BENCHMARKS / "results" / "accuracy_cpu.json").read_text())
+    table = readme_accuracy_table.markdown_table(current).splitlines()
+    held_out = [n for n, info in current["targets"].items() if not info["development"]]
+    assert len(table) == 2 + len(held_out)
+    for name, line in zip(held_out, table[2:], strict=True):
+        assert line.startswith(f"| {name} (")
+        ours = min(
+            (r for r in current["summary"] if r["target"] == name and r["kind"] == "pyroflows"),
+            key=lambda r: r["quality_median"],
+        )
+        assert ("**" in line) == (ours["ratio_to_best_peer_median"] <= 0.5)
