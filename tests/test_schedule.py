@@ -213,11 +213,16 @@ def test_a_thinly_covered_mode_caps_diagnose_at_ok():
 
 def test_khat_on_as_good_as_equal_weights_does_not_demote_good():
     """k-hat is the shape of the weights' tail, whatever their scale: on log weights with sd
-    0.002 (an exact guide) it is noise, and 0.5-0.7 stays "good" there; with sd 0.5 it is
-    "ok", and 0.7 or more is "unreliable" at any spread."""
-    tiny = FreeEnergyReport(1.0, 0.002 / math.sqrt(4000), -1.0, 0.0, 0.6, 3999.9, 4000)
-    wide = FreeEnergyReport(1.0, 0.5 / math.sqrt(4000), -0.9, 0.1, 0.6, 3000.0, 4000)
-    heavy = FreeEnergyReport(1.0, 0.002 / math.sqrt(4000), -1.0, 0.0, 0.75, 3999.9, 4000)
-    assert tiny.log_weight_sd == pytest.approx(0.002)
-    assert tiny.khat_verdict == "good" and wide.khat_verdict == "ok"
-    assert heavy.khat_verdict == "unreliable"
+    0.002 (an exact guide) it is noise, and 0.5-0.7 stays "good" there, 0.7 or more is "ok";
+    with sd 0.5 they are "ok" and "unreliable"."""
+
+    def report(log_weight_sd: float, khat: float) -> FreeEnergyReport:
+        return FreeEnergyReport(1.0, log_weight_sd / math.sqrt(4000), -1.0, 0.0, khat, 3e3, 4000)
+
+    assert report(0.002, 0.6).log_weight_sd == pytest.approx(0.002)
+    assert report(0.002, 0.6).khat_verdict == "good"
+    assert report(0.002, 0.75).khat_verdict == "ok"
+    assert report(0.049, 0.9).khat_verdict == "ok"
+    assert report(0.002, math.inf).khat_verdict == "unreliable"
+    assert report(0.5, 0.6).khat_verdict == "ok"
+    assert report(0.5, 0.75).khat_verdict == "unreliable"

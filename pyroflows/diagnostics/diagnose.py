@@ -36,6 +36,11 @@ _EQUAL_WEIGHTS = (
     "posterior on\n  its draws, and k-hat, the shape of their tail, is noise"
 )
 
+_EQUAL_WEIGHTS_HEAVY = (
+    "k-hat >= 0.7, but the weights are as good as equal (log-weight sd below 0.05): k-hat, the "
+    "shape of\n  their tail, is noise there, yet large; usable with care"
+)
+
 _CAPPED = (
     "k-hat < 0.5, but the IW bound sits more than half of log 2 above the ELBO (mass the guide\n"
     "  covers thinly) or independent replicas of the fit disagree: usable with care"
@@ -123,6 +128,8 @@ class Diagnosis:
             why = _MISSED_MODE
         elif self.verdict == "ok" and self.khat_verdict == "good":
             why = _CAPPED
+        elif self.verdict == "ok" and self.khat >= 0.7:
+            why = _EQUAL_WEIGHTS_HEAVY
         elif self.verdict == "good" and self.khat >= 0.5:
             why = _EQUAL_WEIGHTS
         else:
