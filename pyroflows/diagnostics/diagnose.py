@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -177,7 +178,7 @@ def diagnose(
     num_samples: int = DEFAULT_NUM_DRAWS,
     chunk_size: int = 500,
     draws: PosteriorDraws | None = None,
-    result=None,
+    result: FitEvidence | None = None,
     **kwargs,
 ) -> Diagnosis:
     """Yao et al. (2018), "Yes, but did it work?": is the fitted guide a trustworthy posterior?
@@ -264,12 +265,27 @@ def diagnose(
     )
 
 
-def _fit_evidence(result, guide) -> tuple[bool | None, bool, str | None]:
+@runtime_checkable
+class FitEvidence(Protocol):
+    """What ``diagnose(..., result=...)`` reads of a :class:`~pyroflows.infer.fit.FitResult`
+    (a protocol, as ``pyroflows.infer`` imports this module): the guide it trained, whether
+    and why it converged, whether it was interrupted, and whether its replicas disagree."""
+
+    guide: object
+    converged: bool | None
+    convergence: str
+    interrupted: bool
+
+    @property
+    def replicas_disagree(self) -> bool: ...
+
+
+def _fit_evidence(result: FitEvidence | None, guide) -> tuple[bool | None, bool, str | None]:
     """``(converged, replicas_disagree, what the fit said of its convergence)`` from a
     ``FitResult`` of ``guide`` (unknown, no, None without one)."""
     if result is None:
         return None, False, None
-    if not all(hasattr(result, name) for name in ("converged", "convergence", "guide")):
+    if not isinstance(result, FitEvidence):
         raise TypeError(
             f"result must be the FitResult that pyroflows.fit returned, got {type(result).__name__}"
         )
