@@ -388,15 +388,14 @@ def fit(
       posterior, is gone (:class:`~pyroflows.distributions.FlowDistribution`; any flow, by a
       batched Jacobian, no layer inverted). Measured on the development targets
       (``benchmarks/bench_gradients.py``, 4 seeds, median KL or sd error, reparameterized →
-      STL): AutoIAF 0.075 → 0.021 and AutoNAF 0.022 → 0.009 on a 5-D funnel, AutoIAF 0.044 →
-      0.036 and AutoNAF 0.048 → 0.031 sd on a logistic regression, Gaussian posteriors from
-      0.004-0.015 nats to below 0.001; on the banana a tie (0.052 → 0.040, 0.075 → 0.083)
-      and on the bimodal target AutoNAF worse (0.031 → 0.044, seed-wise ratios 0.42-5.9),
-      for 1.3-1.7 times the CPU time of a fit. On a 10-D development funnel
-      (``pyroflows.models.funnel(10)``, seeds 0-5) AutoIAF with STL ended at KL 0.02-0.12
-      (0.16 median with the plain gradients), but AutoNAF, tempered at large step sizes,
-      diverged on one seed of six (``NonFiniteLossError``; KL 68 with ``log_scale_sd=2.5``) and
-      was no better on the others, hence the plain gradients for the multimodal families;
+      STL with its own pilot grid): AutoIAF 0.075 → 0.023 on a 5-D funnel, 0.052 → 0.031 on
+      a banana, 0.044 → 0.032 sd on a logistic regression, Gaussian posteriors from 0.004-0.006
+      nats to below 0.001, for 1.0-1.4 times the CPU time of a fit; on a 10-D development
+      funnel (``pyroflows.models.funnel(10)``, seeds 0-5) KL 0.02-0.12 (0.16 median with the
+      plain gradients). AutoNAF gained nothing on the funnel (0.022 → 0.023), dropped a mode of
+      the bimodal target on every seed (0.031 → 0.69) and, with the plain pilot grid, diverged
+      on the 10-D funnel on one seed of six (``NonFiniteLossError``), hence the plain gradients
+      for the multimodal families;
     * ``compare_start=True``: the fit never ends worse than it started. After the last step the
       fitted guide and its start (the parameters before the first step: for pyroflows guides
       the Laplace approximation, or the ``init_loc_fn`` start) are scored on the same
