@@ -103,7 +103,8 @@ def test_time_to_quality_is_the_first_time_within_the_goal():
 
 
 def test_one_short_run_on_a_tiny_target_gives_every_metric():
-    """AutoIAF through fit (capped at 1 s) and one peer for the same time on the 2-D banana."""
+    """AutoIAF through fit (capped at 2 s: under load the Laplace start can take most of 1 s,
+    leaving fewer than three snapshots) and one peer for the same time on the 2-D banana."""
     options = bench_accuracy.parse_options(
         [
             "--targets",
@@ -115,9 +116,9 @@ def test_one_short_run_on_a_tiny_target_gives_every_metric():
             "--seeds",
             "1",
             "--max-seconds",
-            "1",
+            "2",
             "--min-seconds",
-            "1",
+            "2",
             "--eval-samples",
             "1000",
             "--curve-samples",
@@ -137,10 +138,10 @@ def test_one_short_run_on_a_tiny_target_gives_every_metric():
         times = [t for t, _ in record["curve"]]
         assert len(times) >= 3 and times == sorted(times)
         assert record["tq"] is not None and record["tq"] <= times[-1]
-    assert records[0]["status"] in {"ok", "capped"}  # capped if fit's defaults need over 1 s
-    assert records[0]["seconds"] < 1.5
+    assert records[0]["status"] in {"ok", "capped"}  # capped if fit's defaults need over 2 s
+    assert records[0]["seconds"] < 3.0
     # the peer's time: the pyroflows guide's, at least --min-seconds, at most --max-seconds
-    assert records[1]["budget"] == pytest.approx(1.0, rel=0.05)
+    assert records[1]["budget"] == pytest.approx(2.0, rel=0.05)
     rows = bench_accuracy.summarize(records, {"banana_2": build_target("banana_2")})
     table = bench_accuracy.format_tables(rows, options)
     assert "banana_2" in table and "AutoIAF" in table

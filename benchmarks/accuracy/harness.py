@@ -292,16 +292,20 @@ def train_peer(
     snapshot_first: float = 0.05,
     snapshot_ratio: float = 1.3,
     max_bad_steps: int = 50,
+    build: Callable[[Callable], torch.nn.Module] | None = None,
+    kind: str = "peer",
 ) -> TrainedGuide:
     """Trains peer ``label`` on ``target`` for ``budget`` seconds with the loop of
     :data:`PEER_TRAINING`: each step is ``Trace_ELBO.loss_and_grads`` and an Adam update, as in
     ``SVI.step``, except that a step whose loss or gradient is not finite is not applied; after
-    ``max_bad_steps`` such steps in a row the run stops as ``"diverged"``.
+    ``max_bad_steps`` such steps in a row the run stops as ``"diverged"``. ``build`` (a guide
+    builder, for a guide that is not in :data:`PEERS`) and ``kind`` (the record's kind) train
+    another guide in the same loop, e.g. a pyroflows guide without ``fit``.
 
     The time includes building and initializing the guide, and for the Laplace peer the Hessian
     (``laplace_approximation``) after the loop.
     """
-    if label not in PEERS:
+    if build is None and label not in PEERS:
         raise KeyError(f"no peer {label!r}; peers: {list(PEERS)}")
     clock = clock or Clock()
     model, args = target.model, target.args
@@ -309,7 +313,7 @@ def train_peer(
     pyro.set_rng_seed(seed)
     start = clock()
     recorder = SnapshotRecorder(clock, start, snapshot_first, snapshot_ratio)
-    guide = PEERS[label](model)
+    guide = (build or PEERS[label])(model)
     is_laplace = isinstance(guide, AutoLaplaceApproximation)
     particles = PEER_TRAINING["map_num_particles" if is_laplace else "num_particles"]
     elbo = Trace_ELBO(num_particles=particles, vectorize_particles=particles > 1)
@@ -354,7 +358,7 @@ def train_peer(
         note = f"{bad_total} non-finite steps skipped"
     return TrainedGuide(
         label=label,
-        kind="peer",
+        kind=kind,
         guide=guide,
         target=target,
         seed=seed,
