@@ -13,8 +13,9 @@ horseshoe regressions with ``D = 2P + 2`` latent dimensions (issue 12, item 7: A
 NaN in this loop on them), and ``--guides`` takes ``pyro_iaf``, Pyro's ``AutoIAFNormal`` at its
 defaults, the other guide the README's swap replaces.
 
-``--guides iaf-stl naf-stl`` trains the pyroflows guides with ``guide.sticking_the_landing =
-True`` (sticking-the-landing gradients, ``fit``'s default) in the same loop.
+The pyroflows guides run at their defaults: ``sticking_the_landing="auto"``, which in this
+loop gives AutoIAF (and the other unimodal guides) sticking-the-landing gradients and AutoNAF
+the plain ones. ``--guides iaf-stl naf-stl`` forces them on, ``iaf-plain naf-plain`` off.
 
 Usage::
 
@@ -56,8 +57,9 @@ from pyroflows.models import horseshoe_regression  # noqa: E402
 
 RESULTS = HERE / "results"
 GUIDES = ("normal", "pyro_iaf", "iaf", "naf", "nsf", "realnvp", "planar")
-#: ``<family>-stl``: the pyroflows guide with ``sticking_the_landing = True`` in the same loop
-STL_GUIDES = tuple(f"{name}-stl" for name in GUIDES[2:])
+#: ``<family>-stl`` / ``<family>-plain``: the pyroflows guide with ``sticking_the_landing``
+#: True / False in the same loop (the plain family name: the guide's default, ``"auto"``)
+STL_GUIDES = tuple(f"{name}-{variant}" for name in GUIDES[2:] for variant in ("stl", "plain"))
 REPORT_DRAWS = 2000
 #: the stress models: name -> (data rows, coefficients)
 HORSESHOES = {"horseshoe_42": (100, 20), "horseshoe_102": (100, 50), "horseshoe_202": (50, 100)}
@@ -80,15 +82,16 @@ def load_target(name: str):
 
 def make(guide_name: str, model):
     """Pyro's AutoNormal for ``"normal"``, its AutoIAFNormal (defaults) for ``"pyro_iaf"``,
-    else the pyroflows guide of that family (``"iaf-stl"``: with sticking-the-landing
-    gradients)."""
+    else the pyroflows guide of that family at its defaults (``"iaf-stl"``: with
+    sticking-the-landing gradients forced on, ``"iaf-plain"``: off)."""
     if guide_name == "normal":
         return AutoNormal(model)
     if guide_name == "pyro_iaf":
         return AutoIAFNormal(model)
     family, _, variant = guide_name.partition("-")
     guide = pyroflows.make_guide(family, model)
-    guide.sticking_the_landing = variant == "stl"
+    if variant:
+        guide.sticking_the_landing = variant == "stl"
     return guide
 
 

@@ -10,7 +10,14 @@ import pyro.distributions as dist
 import pytest
 import torch
 from pyro.distributions import constraints
-from pyro.infer import SVI, JitTrace_ELBO, RenyiELBO, Trace_ELBO
+from pyro.infer import (
+    SVI,
+    JitTrace_ELBO,
+    RenyiELBO,
+    Trace_ELBO,
+    TraceGraph_ELBO,
+    TraceMeanField_ELBO,
+)
 from pyro.infer.autoguide import AutoNormal
 
 import pyroflows
@@ -67,7 +74,7 @@ def test_fit_records_the_estimator_and_restores_the_guide_switch():
     guide = pyroflows.AutoIAF(problem.model)
     result = _fit(problem, guide)
     assert result.settings["gradients"] == "stl"  # auto: a pyroflows guide of 2 dimensions
-    assert guide.sticking_the_landing is False, "fit sets it for its own steps only"
+    assert guide.sticking_the_landing == "auto", "fit sets it for its own steps only"
     guide = pyroflows.AutoIAF(problem.model)
     assert _fit(problem, guide, gradients="reparameterized").settings["gradients"] == (
         "reparameterized"
@@ -185,3 +192,68 @@ def test_a_jacobian_float64_cannot_solve_keeps_the_plain_gradient():
         (gradients[stl],) = torch.autograd.grad(q.log_prob(x).sum(), log_scale)
     assert torch.isfinite(gradients[True]).all()
     assert torch.equal(gradients[True], gradients[False])
+
+
+def _what_the_draws_used(guide, run) -> list[bool]:
+    """What ``guide._draws_stick_the_landing()`` answered for every draw made while ``run()``."""
+    answers: list[bool] = []
+    ask = guide._draws_stick_the_landing
+
+    def spy() -> bool:
+        answers.append(ask())
+        return answers[-1]
+
+    guide._draws_stick_the_landing = spy
+    try:
+        run()
+    finally:
+        del guide._draws_stick_the_landing
+    return answers
+
+
+@pytest.mark.parametrize(
+    ("elbo", "expected"),
+    [
+        (Trace_ELBO(), True),
+        (Trace_ELBO(num_particles=4, vectorize_particles=True), True),
+        (TraceMeanField_ELBO(), True),
+        (TraceGraph_ELBO(), True),
+        (RenyiELBO(alpha=0.5, num_particles=2), False),
+        (JitTrace_ELBO(), False),
+    ],
+    ids=["trace", "vectorized", "meanfield", "graph", "renyi", "jit"],
+)
+def test_auto_uses_path_gradients_exactly_under_a_plain_elbo(elbo, expected):
+    """The default ``"auto"`` finds the ELBO that runs the guide: path gradients under the plain
+    ELBO in a user's own loop (unbiased there), the plain ones under an importance-weighted or a
+    JIT-compiled ELBO (biased, untraceable); a JIT ELBO with "auto" trains without an error."""
+    problem = banana()
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    guide = pyroflows.AutoIAF(problem.model)
+    guide(*problem.args)
+    assert guide.sticking_the_landing == "auto"
+    svi = SVI(problem.model, guide, pyro.optim.Adam({"lr": 1e-3}), elbo)
+    answers = _what_the_draws_used(guide, lambda: svi.step(*problem.args))
+    assert answers and set(answers) == {expected}
+
+
+def test_auto_keeps_plain_gradients_outside_an_elbo_and_for_multimodal_guides():
+    problem = banana()
+    pyro.clear_param_store()
+    guide = pyroflows.AutoIAF(problem.model)
+    guide(*problem.args)
+    assert _what_the_draws_used(guide, lambda: guide(*problem.args)) == [False]
+    naf = pyroflows.AutoNAF(problem.model)
+    naf(*problem.args)
+    loss = Trace_ELBO().loss_and_grads
+    assert set(_what_the_draws_used(naf, lambda: loss(problem.model, naf, *problem.args))) == {
+        False
+    }
+
+
+@pytest.mark.parametrize("value", [1, 0.0, "yes", None])
+def test_sticking_the_landing_accepts_true_false_or_auto(value):
+    guide = pyroflows.AutoIAF(banana().model)
+    with pytest.raises(ValueError, match='True, False or "auto"'):
+        guide.sticking_the_landing = value

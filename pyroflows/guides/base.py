@@ -34,6 +34,7 @@ from pyroflows._pyro_internals import (
     unpack_latent,
 )
 from pyroflows.distributions import FlowDistribution
+from pyroflows.guides.path_gradients import STL_MAX_DIM, calling_elbo, path_gradient_problem
 from pyroflows.guides.start import (
     FULL_HESSIAN_MAX_DIM,
     Start,
@@ -132,10 +133,44 @@ class AutoFlowGuide(AutoContinuous):
         self.flow: ComposeTransformModule | None = None
         #: the start the affine stage was built at (set up with the model)
         self.start: Start | None = None
-        #: whether log q of the guide's own draws carries only the path gradient (Roeder et al.
-        #: 2017; see :class:`~pyroflows.distributions.FlowDistribution`); ``fit`` sets it for its
-        #: training steps (``gradients=``), and a plain SVI loop may set it too
-        self.sticking_the_landing: bool = False
+        self.sticking_the_landing = "auto"
+
+    @property
+    def sticking_the_landing(self) -> bool | str:
+        """Whether log q of the guide's own draws carries only the path gradient (Roeder, Wu &
+        Duvenaud 2017; :class:`~pyroflows.distributions.FlowDistribution`): ``True``, ``False``,
+        or ``"auto"`` (the default): on for a guide that is not ``multimodal`` (NAF and spline
+        flows keep the plain gradients) with at most
+        :data:`~pyroflows.guides.path_gradients.STL_MAX_DIM` latent dimensions, when a plain
+        ELBO (``Trace_ELBO`` and kin, not JIT-compiled) is training it
+        (:mod:`pyroflows.guides.path_gradients`). ``fit`` sets it for its own steps
+        (``gradients=``). In a plain SVI loop (Adam 1e-2, ``Trace_ELBO()``, 2000 steps) on the
+        development targets it took AutoIAF's free energy from 0.10-0.13 to 7e-4 on an
+        ill-conditioned Gaussian, 0.54-0.60 to 0.37-0.46 on a banana, and below AutoNormal's
+        on both one-mode targets, where the plain gradients ended above it."""
+        return self._sticking_the_landing
+
+    @sticking_the_landing.setter
+    def sticking_the_landing(self, value: bool | str) -> None:
+        if not (isinstance(value, bool) or (isinstance(value, str) and value == "auto")):
+            raise ValueError(
+                f'sticking_the_landing must be True, False or "auto" (path gradients under a '
+                f"plain ELBO, for unimodal guides of at most {STL_MAX_DIM} dimensions), got "
+                f"{value!r}"
+            )
+        self._sticking_the_landing = value
+
+    def _draws_stick_the_landing(self) -> bool:
+        """What ``sticking_the_landing`` means for the draw about to be made."""
+        setting = self._sticking_the_landing
+        if setting != "auto":
+            return bool(setting)
+        if getattr(self, "multimodal", False) or self.latent_dim > STL_MAX_DIM:
+            return False
+        if torch.jit.is_tracing() or not torch.is_grad_enabled():
+            return False
+        elbo = calling_elbo()
+        return elbo is not None and path_gradient_problem(elbo) is None
 
     def __getstate__(self):
         # like Pyro's AutoGuide, which drops its (init-wrapped) model: models need not pickle
@@ -359,7 +394,7 @@ class AutoFlowGuide(AutoContinuous):
         return FlowDistribution(
             _standard_normal_like(flow[-1].loc0),
             list(flow),
-            sticking_the_landing=self.sticking_the_landing,
+            sticking_the_landing=self._draws_stick_the_landing(),
         )
 
     # ---- summaries ---------------------------------------------------------------------------

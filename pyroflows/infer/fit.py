@@ -21,14 +21,7 @@ import torch
 from pyro import poutine
 from pyro.infer import (
     ELBO,
-    JitTrace_ELBO,
-    JitTraceEnum_ELBO,
-    JitTraceGraph_ELBO,
-    JitTraceMeanField_ELBO,
     Trace_ELBO,
-    TraceEnum_ELBO,
-    TraceGraph_ELBO,
-    TraceTailAdaptive_ELBO,
 )
 from pyro.infer.util import zero_grads
 from pyro.optim import ClippedAdam
@@ -61,6 +54,7 @@ from pyroflows.diagnostics.tracing import (
     quiet_pyro_logging,
     vectorization_problem,
 )
+from pyroflows.guides.path_gradients import STL_MAX_DIM, path_gradient_problem
 from pyroflows.infer import checkpoint as _checkpoint
 from pyroflows.infer.schedule import (
     PILOT_LRS,
@@ -281,9 +275,6 @@ _DEFAULTS = {
 
 #: the ELBO gradient estimators ``fit(gradients=...)`` accepts
 GRADIENTS = ("auto", "stl", "reparameterized")
-#: ``gradients="auto"`` uses sticking-the-landing gradients for pyroflows guides of at most this
-#: many latent dimensions (their cost per step grows as ``D`` batched passes plus ``D³``)
-STL_MAX_DIM = 64
 
 #: the step size of fixed runs shorter than four pilot runs (no pilot is worth it there)
 SHORT_RUN_LR = 1e-2
@@ -880,27 +871,11 @@ def _uses_sticking_the_landing(gradients: str, guide, elbo: ELBO | None) -> bool
 
 def _path_gradient_problem(guide, elbo: ELBO | None) -> str | None:
     """Why sticking-the-landing gradients do not apply, or None: the guide must be a pyroflows
-    guide (its draws know their own log q), and the ELBO the plain one (Pyro's ``Trace_ELBO``,
-    ``TraceMeanField_ELBO``, ``TraceGraph_ELBO`` or ``TraceEnum_ELBO``): importance-weighted
-    objectives (``RenyiELBO``, ``TraceTailAdaptive_ELBO``) need the score term (Tucker et al.
-    2019), and ``torch.jit`` cannot trace the batched Jacobian."""
+    guide (its draws know their own log q), and the ELBO the plain one
+    (:func:`~pyroflows.guides.path_gradients.path_gradient_problem`)."""
     if not hasattr(guide, "sticking_the_landing"):
         return f"{type(guide).__name__} is not a pyroflows guide, whose draws know their log q"
-    if elbo is None:
-        return None
-    if isinstance(elbo, _JIT_ELBOS):
-        return f"torch.jit cannot trace the path gradient's Jacobian ({type(elbo).__name__})"
-    if not isinstance(elbo, _PLAIN_ELBOS) or isinstance(elbo, TraceTailAdaptive_ELBO):
-        return (
-            f"{type(elbo).__name__} is not the plain ELBO: an importance-weighted objective needs "
-            "the score term that sticking the landing drops"
-        )
-    return None
-
-
-#: the ELBOs whose gradient stays unbiased without log q's score term
-_PLAIN_ELBOS = (Trace_ELBO, TraceGraph_ELBO, TraceEnum_ELBO)
-_JIT_ELBOS = (JitTrace_ELBO, JitTraceGraph_ELBO, JitTraceEnum_ELBO, JitTraceMeanField_ELBO)
+    return None if elbo is None else path_gradient_problem(elbo)
 
 
 @contextmanager
