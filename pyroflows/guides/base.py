@@ -34,7 +34,12 @@ from pyroflows._pyro_internals import (
     unpack_latent,
 )
 from pyroflows.distributions import FlowDistribution
-from pyroflows.guides.path_gradients import STL_MAX_DIM, calling_elbo, path_gradient_problem
+from pyroflows.guides.path_gradients import (
+    STL_MAX_DIM,
+    calling_elbo,
+    path_gradient_problem,
+    suits_path_gradients,
+)
 from pyroflows.guides.start import (
     FULL_HESSIAN_MAX_DIM,
     Start,
@@ -165,7 +170,7 @@ class AutoFlowGuide(AutoContinuous):
         setting = self._sticking_the_landing
         if setting != "auto":
             return bool(setting)
-        if getattr(self, "multimodal", False) or self.latent_dim > STL_MAX_DIM:
+        if not suits_path_gradients(self):
             return False
         if torch.jit.is_tracing() or not torch.is_grad_enabled():
             return False

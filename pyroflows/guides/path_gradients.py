@@ -39,7 +39,7 @@ from pyro.infer import (
     TraceTailAdaptive_ELBO,
 )
 
-__all__ = ["STL_MAX_DIM", "calling_elbo", "path_gradient_problem"]
+__all__ = ["STL_MAX_DIM", "calling_elbo", "path_gradient_problem", "suits_path_gradients"]
 
 #: sticking-the-landing gradients by default ("auto", in ``fit`` and in a guide's own loop) up
 #: to this many latent dimensions: their cost per step grows as ``D`` batched passes plus ``D³``
@@ -56,6 +56,13 @@ _ELBO_METHODS = frozenset(
 )
 #: how far up the stack :func:`calling_elbo` looks (Pyro's handlers add a few frames per layer)
 _MAX_FRAMES = 64
+
+
+def suits_path_gradients(guide) -> bool:
+    """Whether ``"auto"`` (the guide's and ``fit``'s) gives ``guide`` (set up with the model)
+    sticking-the-landing gradients: not a ``multimodal`` family (NAF and spline flows keep the
+    plain ones) and at most :data:`STL_MAX_DIM` latent dimensions."""
+    return not getattr(guide, "multimodal", False) and guide.latent_dim <= STL_MAX_DIM
 
 
 def path_gradient_problem(elbo: ELBO) -> str | None:

@@ -54,7 +54,11 @@ from pyroflows.diagnostics.tracing import (
     quiet_pyro_logging,
     vectorization_problem,
 )
-from pyroflows.guides.path_gradients import STL_MAX_DIM, path_gradient_problem
+from pyroflows.guides.path_gradients import (
+    STL_MAX_DIM,  # noqa: F401 (fit.STL_MAX_DIM, where the fit docstring points)
+    path_gradient_problem,
+    suits_path_gradients,
+)
 from pyroflows.infer import checkpoint as _checkpoint
 from pyroflows.infer.schedule import (
     PILOT_LRS,
@@ -865,8 +869,7 @@ def _uses_sticking_the_landing(gradients: str, guide, elbo: ELBO | None) -> bool
                 '"reparameterized"'
             )
         return True
-    multimodal = getattr(guide, "multimodal", False)
-    return problem is None and not multimodal and guide.latent_dim <= STL_MAX_DIM
+    return problem is None and suits_path_gradients(guide)
 
 
 def _path_gradient_problem(guide, elbo: ELBO | None) -> str | None:
