@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
 
 import numpy as np
 import torch
@@ -18,8 +17,8 @@ from pyroflows.diagnostics.free_energy import (
     DEFAULT_NUM_DRAWS,
     MIN_KHAT_DRAWS,
     combined_verdict,
+    with_coverage_checks,
 )
-from pyroflows.diagnostics.modes import mode_coverage
 
 __all__ = ["to_inference_data"]
 
@@ -121,7 +120,8 @@ def to_inference_data(
         )
     _check_coords_and_dims(coords, dims, draws)
     report, smoothed = draws.weigh(args, kwargs)
-    coverage = mode_coverage(guide, args, kwargs)
+    report = with_coverage_checks(report, guide, args, kwargs)
+    coverage = report.mode_coverage
     user_dims = {name: list(d) for name, d in (dims or {}).items()}
     variable_dims = {**{n: list(d) for n, d in draws.dims.items()}, **user_dims}
     groups: dict = {
@@ -153,7 +153,8 @@ def to_inference_data(
         "iw_bound": report.iw_bound,
         "khat": report.khat,
         "khat_verdict": report.khat_verdict,
-        "verdict": combined_verdict(replace(report, mode_coverage=coverage)),
+        "verdict": combined_verdict(report),
+        "defensive_iw_bound": report.defensive_iw_bound,
         "missed_mass": None if coverage is None else coverage.missed_mass,
         "missed_mass_se": None if coverage is None else coverage.missed_mass_se,
         "num_samples": num_samples,

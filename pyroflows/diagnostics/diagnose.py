@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -16,8 +16,9 @@ from pyroflows.diagnostics.free_energy import (
     DEFAULT_NUM_DRAWS,
     MIN_KHAT_DRAWS,
     combined_verdict,
+    with_coverage_checks,
 )
-from pyroflows.diagnostics.modes import ModeCoverage, mode_coverage
+from pyroflows.diagnostics.modes import ModeCoverage
 
 __all__ = ["Diagnosis", "diagnose"]
 
@@ -43,8 +44,9 @@ _EQUAL_WEIGHTS_HEAVY = (
 )
 
 _CAPPED = (
-    "k-hat < 0.5, but the IW bound sits more than half of log 2 above the ELBO (mass the guide\n"
-    "  covers thinly) or independent replicas of the fit disagree: usable with care"
+    "k-hat < 0.5, but an IW bound (the guide's own or the defensive one) sits more than half of\n"
+    "  log 2 above the ELBO (mass the guide covers thinly) or independent replicas of the fit\n"
+    "  disagree: usable with care"
 )
 
 _MISSED_MODE = (
@@ -99,6 +101,9 @@ class Diagnosis:
         mode_coverage: where the guide's Laplace start found several modes, the share of the
             posterior's mass the guide misses (:mod:`pyroflows.diagnostics.modes`); a missed
             mode makes the verdict ``"unreliable"`` whatever k-hat says.
+        defensive_iw_bound: the evidence estimated from draws of the guide and of a Gaussian
+            twice as wide (:mod:`pyroflows.diagnostics.defensive`), which also sees mass the
+            guide covers thinly; ``None`` where not computed.
     """
 
     khat: float
@@ -117,6 +122,7 @@ class Diagnosis:
     khat_verdict: str = ""
     #: the fit's convergence evidence (``diagnose(..., result=)``), or None where not given
     convergence: str | None = None
+    defensive_iw_bound: float | None = None
 
     @property
     def trustworthy(self) -> bool:
@@ -149,6 +155,11 @@ class Diagnosis:
                 else ""
             ),
         ]
+        if self.defensive_iw_bound is not None:
+            lines.append(
+                f"defensive IW      {self.defensive_iw_bound:.3f}  (draws of the guide and of a "
+                "Gaussian twice as wide)"
+            )
         if self.mode_coverage is not None:
             lines.append(f"mode coverage     {self.mode_coverage}")
         lines.append("")
@@ -198,12 +209,12 @@ def diagnose(
     k-hat alone cannot tell a converged fit from one stopped on its way (issue 10: a posterior
     2.6 times too narrow once scored k-hat 0.60), so the verdict follows
     :data:`~pyroflows.diagnostics.free_energy.VERDICT_RULE`, like ``FitResult.verdict``: a mode
-    the multi-start MAP found and the guide misses makes it ``"unreliable"``; an IW bound more
-    than half of log 2 above the ELBO caps it at ``"ok"``; and ``result``, the
-    :class:`~pyroflows.FitResult` of the fit that trained ``guide``, adds the fit's
-    convergence evidence: ``"not converged"`` where its free energy was still falling when it
-    stopped, at most ``"ok"`` where its replicas disagree. Without ``result`` the printout says
-    that convergence is not known.
+    the multi-start MAP found and the guide misses makes it ``"unreliable"``; an IW bound (the
+    guide's own or the defensive one) more than half of log 2 above the ELBO caps it at
+    ``"ok"``; and ``result``, the :class:`~pyroflows.FitResult` of the fit that trained
+    ``guide``, adds the fit's convergence evidence: ``"not converged"`` where its free energy
+    was still falling when it stopped, at most ``"ok"`` where its replicas disagree. Without
+    ``result`` the printout says that convergence is not known.
 
     Raises:
         ModelGuideMismatchError: the guide's latent sites are not the model's.
@@ -233,8 +244,7 @@ def diagnose(
     elif draws.num_samples < MIN_KHAT_DRAWS:
         raise ValueError(f"draws hold {draws.num_samples} samples{_KHAT_WHY}")
     report, smoothed = draws.weigh(args, kwargs)
-    coverage = mode_coverage(guide, args, kwargs)
-    report = replace(report, mode_coverage=coverage)
+    report = with_coverage_checks(report, guide, args, kwargs)
     count = draws.num_samples
     weights = torch.exp(smoothed)
     weights = weights / weights.sum()
@@ -259,9 +269,10 @@ def diagnose(
         raw_sd=raw_sd,
         psis_mean=psis_mean,
         psis_sd=psis_sd,
-        mode_coverage=coverage,
+        mode_coverage=report.mode_coverage,
         khat_verdict=report.khat_verdict,
         convergence=convergence,
+        defensive_iw_bound=report.defensive_iw_bound,
     )
 
 

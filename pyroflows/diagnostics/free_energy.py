@@ -11,7 +11,10 @@ For a guide q and a model p(x, z), with importance weights ``w_s = p(x, z_s) / q
 * the effective sample size of the normalized weights,
 * where the guide's Laplace start found several modes, the share of the posterior's mass that
   the guide misses (:mod:`pyroflows.diagnostics.modes`): a mode the guide never visits leaves
-  no trace in its own weights.
+  no trace in its own weights,
+* the defensive IW bound (:mod:`pyroflows.diagnostics.defensive`): the evidence estimated from
+  draws of the guide and of a Gaussian twice as wide, which also sees mass that the guide
+  covers only thinly.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from pyroflows._validation import (
     describe_nonfinite_arguments,
 )
 from pyroflows.diagnostics import _arviz_compat
+from pyroflows.diagnostics.defensive import defensive_iw_bound
 from pyroflows.diagnostics.modes import ModeCoverage, mode_coverage
 from pyroflows.diagnostics.tracing import max_plate_nesting, trace_draws
 
@@ -48,6 +52,7 @@ __all__ = [
     "VERDICT_RULE",
     "check_log_weights",
     "combined_verdict",
+    "with_coverage_checks",
     "format_reports",
     "free_energy_report",
     "importance_log_weights",
@@ -114,8 +119,8 @@ def psis_log_weights(log_weights: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(smoothed, dtype=log_weights.dtype, device=log_weights.device)
 
 
-#: an IW bound this far above the ELBO (nats; half of log 2) makes the report suspect a
-#: missed mode or tail
+#: an IW bound (the guide's own or the defensive one) this far above the ELBO (nats; half of
+#: log 2) makes the report suspect a missed mode or tail
 MISSED_MODE_GAP = 0.5 * math.log(2.0)
 
 
@@ -125,9 +130,10 @@ VERDICT_RULE = (
     "multi-start MAP that the guide misses (at least 5% of the mass, 3 standard errors above "
     "0): unreliable; else a free energy still falling when the fit stopped: not converged; "
     "else 0.5 <= k-hat < 0.7 (with log-weight sd of at least 0.05), k-hat >= 0.7 on log "
-    "weights with sd below 0.05, k-hat < 0.5 with an IW bound more than half of log 2 above "
-    "the ELBO, or independent replicas whose ELBOs disagree (by more than 0.05 nats and 3 "
-    "standard errors): ok; else good"
+    "weights with sd below 0.05, k-hat < 0.5 with an IW bound (the guide's own, or the "
+    "defensive one from draws of the guide and of a Gaussian twice as wide) more than half of "
+    "log 2 above the ELBO, or independent replicas whose ELBOs disagree (by more than 0.05 "
+    "nats and 3 standard errors): ok; else good"
 )
 
 
@@ -176,6 +182,9 @@ class FreeEnergyReport:
         num_samples: the number of draws K.
         mode_coverage: where the guide's Laplace start found several modes, the check that
             the guide covers them (:mod:`pyroflows.diagnostics.modes`), else ``None``.
+        defensive_iw_bound: the evidence estimated from draws of the guide and of a Gaussian
+            twice as wide (:mod:`pyroflows.diagnostics.defensive`); ``None`` where not
+            computed (not a pyroflows guide, more than 100 latent dimensions).
     """
 
     free_energy: float
@@ -186,6 +195,7 @@ class FreeEnergyReport:
     ess: float
     num_samples: int
     mode_coverage: ModeCoverage | None = None
+    defensive_iw_bound: float | None = None
 
     @classmethod
     def from_log_weights(cls, log_weights: torch.Tensor) -> FreeEnergyReport:
@@ -232,13 +242,22 @@ class FreeEnergyReport:
         return "ok" if equal_weights and math.isfinite(self.khat) else "unreliable"
 
     @property
+    def defensive_kl_lower_bound(self) -> float | None:
+        """``defensive_iw_bound + free_energy``: like ``kl_lower_bound`` a lower bound on
+        KL(q‖p) in expectation, from draws that also reach where the guide is thin."""
+        if self.defensive_iw_bound is None:
+            return None
+        return self.defensive_iw_bound + self.free_energy
+
+    @property
     def suspects_missed_mode(self) -> bool:
-        """The importance-weighted bound sits above the ELBO by more than
-        :data:`MISSED_MODE_GAP` nats (half of log 2): mass the guide covers only thinly, a
-        second mode it straddles or a tail it cuts. (A mode the guide misses entirely leaves
-        no trace in its own draws: weights that are all alike, a gap near zero; only a fit
-        from elsewhere, e.g. tempered, finds it.)"""
-        return self.kl_lower_bound > MISSED_MODE_GAP
+        """An importance-weighted bound, the guide's own or the defensive one, sits above the
+        ELBO by more than :data:`MISSED_MODE_GAP` nats (half of log 2): mass the guide covers
+        only thinly, a second mode it straddles or a tail it cuts. (A mode the guide misses
+        entirely leaves no trace in its own draws, weights that are all alike and a gap near
+        zero; the defensive draws and the mode-coverage check look beyond them.)"""
+        gaps = [self.kl_lower_bound, self.defensive_kl_lower_bound]
+        return any(gap is not None and gap > MISSED_MODE_GAP for gap in gaps)
 
     def as_dict(self) -> dict[str, float | int | str]:
         return {
@@ -258,6 +277,10 @@ _ROWS = [
     ("PSIS k-hat", lambda r: f"{r.khat:.2f} ({r.khat_verdict})"),
     ("ESS of weights", lambda r: f"{r.ess:.0f} / {r.num_samples}"),
 ]
+_DEFENSIVE_ROW = (
+    "defensive gap (≤ KL)",
+    lambda r: "" if r.defensive_kl_lower_bound is None else f"{r.defensive_kl_lower_bound:.3f}",
+)
 _COVERAGE_ROW = (
     "missed mass (modes)",
     lambda r: (
@@ -281,6 +304,8 @@ def format_reports(
     """
     names = list(reports)
     formats = list(_ROWS)
+    if any(report.defensive_iw_bound is not None for report in reports.values()):
+        formats.insert(3, _DEFENSIVE_ROW)
     if any(report.mode_coverage is not None for report in reports.values()):
         formats.append(_COVERAGE_ROW)
     rows = [(label, [fmt(reports[n]) for n in names]) for label, fmt in formats]
@@ -346,8 +371,20 @@ def free_energy_report(
         model, guide, *args, num_samples=num_samples, batch_size=batch_size, **kwargs
     )
     check_log_weights(log_w, args, kwargs)
-    report = FreeEnergyReport.from_log_weights(log_w)
-    return replace(report, mode_coverage=mode_coverage(guide, args, kwargs))
+    return with_coverage_checks(FreeEnergyReport.from_log_weights(log_w), guide, args, kwargs)
+
+
+def with_coverage_checks(
+    report: FreeEnergyReport, guide: Callable, args: tuple, kwargs: dict
+) -> FreeEnergyReport:
+    """``report`` with the checks that look beyond the guide's own draws: the mode coverage
+    (:mod:`pyroflows.diagnostics.modes`) and the defensive IW bound
+    (:mod:`pyroflows.diagnostics.defensive`), each ``None`` where it does not apply."""
+    return replace(
+        report,
+        mode_coverage=mode_coverage(guide, args, kwargs),
+        defensive_iw_bound=defensive_iw_bound(guide, args, kwargs),
+    )
 
 
 _KHAT_WHY = (

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 from pyro.util import get_rng_state, set_rng_state
 
+from pyroflows.diagnostics.defensive import guide_draws_and_log_q
 from pyroflows.guides.start import points_log_joint
 
 __all__ = ["MISSED_MASS_THRESHOLD", "ModeCoverage", "mode_coverage"]
@@ -126,10 +127,7 @@ def _mode_coverage(
     def log_mixture(z: torch.Tensor) -> torch.Tensor:
         return torch.logsumexp(components.log_prob(z.unsqueeze(-2)) + log_share, -1)
 
-    noise = torch.randn(num_draws, dim, generator=generator, device=device, dtype=dtype)
-    from_q = flow(noise)
-    standard = torch.distributions.Normal(torch.zeros((), device=device, dtype=dtype), 1.0)
-    log_q_own = standard.log_prob(noise).sum(-1) - flow.log_abs_det_jacobian(noise, from_q)
+    from_q, log_q_own = guide_draws_and_log_q(guide, num_draws, generator)
 
     which = torch.multinomial(log_share.exp(), num_draws, replacement=True, generator=generator)
     white = torch.randn(num_draws, dim, 1, generator=generator, device=device, dtype=dtype)
