@@ -34,6 +34,8 @@ they weigh nothing; the estimate is then the guide's own with half the draws. Ab
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from pyro.util import get_rng_state, set_rng_state
@@ -48,6 +50,18 @@ WIDENING = 2.0
 DEFENSIVE_DRAWS = 1000
 #: above this many latent dimensions the check is not run (see the module docstring)
 DEFENSIVE_MAX_DIM = 100
+
+
+@contextmanager
+def random_state_kept() -> Iterator[None]:
+    """A block without gradients that leaves the global random state as it found it (the
+    model's own runs in a check may draw)."""
+    state = get_rng_state()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        set_rng_state(state)
 
 
 def guide_draws_and_log_q(
@@ -83,12 +97,8 @@ def defensive_iw_bound(
     """
     if getattr(guide, "flow", None) is None or guide.latent_dim > DEFENSIVE_MAX_DIM:
         return None
-    state = get_rng_state()  # the model's own runs may draw
-    try:
-        with torch.no_grad():
-            return _defensive_iw_bound(guide, args, kwargs, num_draws, seed)
-    finally:
-        set_rng_state(state)
+    with random_state_kept():
+        return _defensive_iw_bound(guide, args, kwargs, num_draws, seed)
 
 
 def _defensive_iw_bound(

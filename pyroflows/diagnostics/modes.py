@@ -25,9 +25,8 @@ import math
 from dataclasses import dataclass
 
 import torch
-from pyro.util import get_rng_state, set_rng_state
 
-from pyroflows.diagnostics.defensive import guide_draws_and_log_q
+from pyroflows.diagnostics.defensive import guide_draws_and_log_q, random_state_kept
 from pyroflows.guides.start import points_log_joint
 
 __all__ = ["MISSED_MASS_THRESHOLD", "ModeCoverage", "mode_coverage"]
@@ -99,12 +98,8 @@ def mode_coverage(
     """
     if len(guide_modes(guide)) < 2:
         return None
-    state = get_rng_state()  # the model's own runs may draw
-    try:
-        with torch.no_grad():
-            return _mode_coverage(guide, args, kwargs, num_draws, seed)
-    finally:
-        set_rng_state(state)
+    with random_state_kept():
+        return _mode_coverage(guide, args, kwargs, num_draws, seed)
 
 
 def _mode_coverage(
