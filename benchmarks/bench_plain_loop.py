@@ -56,7 +56,7 @@ import pyroflows  # noqa: E402
 from pyroflows.models import horseshoe_regression  # noqa: E402
 
 RESULTS = HERE / "results"
-GUIDES = ("normal", "pyro_iaf", "iaf", "naf", "nsf", "realnvp", "planar")
+GUIDES = ("normal", "pyro_iaf", "iaf", "naf", "nsf", "realnvp", "nice", "planar")
 #: ``<family>-stl`` / ``<family>-plain``: the pyroflows guide with ``sticking_the_landing``
 #: True / False in the same loop (the plain family name: the guide's default, ``"auto"``)
 STL_GUIDES = tuple(f"{name}-{variant}" for name in GUIDES[2:] for variant in ("stl", "plain"))
