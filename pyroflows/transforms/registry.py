@@ -297,13 +297,18 @@ _SAMPLING_AUTOREGRESSIVE = {
     "guide_defaults": {"skip_connection": False, "output_fan_in_cap": 16},
 }
 
-#: what the coupling families share: one MLP pass per layer both ways
+#: what the coupling families share: one MLP pass per layer both ways. A guide's conditioner
+#: output rows are capped at an effective fan-in of 16, as for the sampling-direction families
+#: above: without it the README's plain SVI loop (Adam 1e-2) turned AutoRealNVP NaN on the
+#: horseshoe_42 stress model (seed 0; F 348 against AutoNormal's 130 on seed 1), with it
+#: F 135 and 139 (benchmarks/bench_plain_loop.py's model, 2 seeds)
 _COUPLING = {
     "one_pass_sampling": True,
     "sampling_cost": "1 pass (MLP per layer)",
     "density_cost": "1 pass (MLP per layer)",
     "inverse": "closed form",
     "default_num_transforms": 4,
+    "guide_defaults": {"output_fan_in_cap": 16},
 }
 
 
