@@ -104,6 +104,31 @@ def test_guides_cap_their_made_outputs_and_a_plain_made_does_not():
             assert torch.allclose(row_max[wide], 16 / fan_in[wide].float())
 
 
+def test_coupling_guides_cap_their_conditioner_outputs_too():
+    """AutoRealNVP and AutoNICE get the same cap by default (without it AutoRealNVP's plain loop
+    went NaN on a 42-D horseshoe and to F 1.2e6 on the held-out breast-cancer model); a
+    conditioner of width 3 D + 1 = 91 scales its output weights by 16 / 91. A coupling flow
+    built outside a guide (density estimation) keeps plain weights."""
+    from pyroflows.nn import ConditionerMLP
+    from pyroflows.transforms import make_flow
+
+    model, args = _horseshoe_regression(10, 14)  # D = 30
+    for guide_class in (pyroflows.AutoRealNVP, pyroflows.AutoNICE):
+        pyro.clear_param_store()
+        guide = guide_class(model)
+        guide(*args)
+        assert guide.flow_options["output_fan_in_cap"] == 16
+        conditioners = [m for m in guide.modules() if isinstance(m, ConditionerMLP)]
+        assert conditioners
+        for conditioner in conditioners:
+            assert conditioner.output_layer.in_features == 91
+            assert conditioner.output_weight_scale == pytest.approx(16 / 91)
+    plain = make_flow("realnvp", 30)
+    assert all(
+        m.output_weight_scale == 1.0 for m in plain.modules() if isinstance(m, ConditionerMLP)
+    )
+
+
 def _horseshoe_regression(num_rows: int, num_coefs: int):
     """``D = 2P + 2`` latent dimensions, 4 non-zero coefficients (the plain-loop benchmark's)."""
     return horseshoe_regression(num_rows, num_coefs, coefficients=(3.0, -2.0, 1.5, 1.0), seed=1)
