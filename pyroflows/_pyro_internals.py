@@ -15,6 +15,9 @@ Pyro 1.9 offers no public way to do these:
   (``pyro.poutine.util.site_is_subsample``);
 * :func:`torch_optimizers`: the per-parameter torch optimizers of a ``PyroOptim``
   (``PyroOptim.optim_objs``), to set their step size;
+* :class:`ScaledClippedAdam`: Pyro's ``ClippedAdam`` with a step size per parameter tensor
+  (it overrides ``PyroOptim._get_optim_args``: Pyro's own per-parameter arguments see only
+  the parameter's name);
 * :func:`give_local_param_state`: the per-module parameter state a ``PyroModule`` gets at
   construction when ``module_local_params`` is on (``PyroModule._pyro_context.param_state``).
 """
@@ -26,11 +29,13 @@ from collections.abc import Callable, Iterator
 import torch
 from pyro.nn import PyroModule
 from pyro.optim import PyroOptim
+from pyro.optim.clipped_adam import ClippedAdam as TorchClippedAdam
 from pyro.params import param_with_module_name
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import biject_to
 
 __all__ = [
+    "ScaledClippedAdam",
     "give_local_param_state",
     "init_loc",
     "is_subsample_site",
@@ -93,8 +98,27 @@ def is_subsample_site(site: dict) -> bool:
 
 
 def torch_optimizers(optim: PyroOptim):
-    """The torch optimizers a ``PyroOptim`` has created, one per parameter."""
-    return optim.optim_objs.values()
+    """The torch optimizers a ``PyroOptim`` has created, one per parameter, as
+    ``(parameter, optimizer)`` pairs."""
+    return optim.optim_objs.items()
+
+
+class ScaledClippedAdam(PyroOptim):
+    """Pyro's ``ClippedAdam`` whose step size for a parameter tensor ``p`` is
+    ``lr · lr_multiplier(p)`` (``optim_args`` as ``pyro.optim.ClippedAdam``'s).
+
+    Example:
+        >>> optim = ScaledClippedAdam({"lr": 1e-2}, lambda param: 1.0)
+    """
+
+    def __init__(self, optim_args: dict, lr_multiplier: Callable[[torch.Tensor], float]):
+        super().__init__(TorchClippedAdam, optim_args)
+        self.lr_multiplier = lr_multiplier
+
+    def _get_optim_args(self, param):
+        optim_args = dict(super()._get_optim_args(param))
+        optim_args["lr"] = optim_args.get("lr", 1e-3) * self.lr_multiplier(param)
+        return optim_args
 
 
 def give_local_param_state(module: torch.nn.Module) -> None:

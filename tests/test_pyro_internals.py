@@ -56,9 +56,24 @@ def test_torch_optimizers_set_the_step_size():
     guide = _guide()
     optim = ClippedAdam({"lr": 0.1})
     SVI(model, guide, optim, Trace_ELBO()).step(torch.randn(10))
-    optimizers = list(internals.torch_optimizers(optim))
-    assert optimizers and all(isinstance(o, torch.optim.Optimizer) for o in optimizers)
-    assert all(group["lr"] == 0.1 for o in optimizers for group in o.param_groups)
+    pairs = list(internals.torch_optimizers(optim))
+    assert pairs and all(isinstance(o, torch.optim.Optimizer) for _, o in pairs)
+    assert {id(p) for p, _ in pairs} == {id(p) for p in guide.parameters()}
+    assert all(group["lr"] == 0.1 for _, o in pairs for group in o.param_groups)
+
+
+def test_scaled_clipped_adam_gives_each_parameter_its_step_size():
+    """``_get_optim_args`` is what ``PyroOptim`` calls to build a parameter's optimizer."""
+    guide = _guide()
+    loc = guide.loc
+    optim = internals.ScaledClippedAdam(
+        {"lr": 0.1, "clip_norm": 5.0}, lambda param: 0.5 if param is loc else 1.0
+    )
+    SVI(model, guide, optim, Trace_ELBO()).step(torch.randn(10))
+    rates = {id(p): o.param_groups[0]["lr"] for p, o in internals.torch_optimizers(optim)}
+    assert rates[id(loc)] == 0.05
+    assert rates[id(guide.scale_unconstrained)] == 0.1
+    assert all(o.param_groups[0]["clip_norm"] == 5.0 for _, o in internals.torch_optimizers(optim))
 
 
 def test_give_local_param_state():

@@ -24,10 +24,9 @@ from pyro.infer import (
     Trace_ELBO,
 )
 from pyro.infer.util import zero_grads
-from pyro.optim import ClippedAdam
 from tqdm.auto import tqdm
 
-from pyroflows._pyro_internals import forked_devices, torch_optimizers
+from pyroflows._pyro_internals import ScaledClippedAdam, forked_devices, torch_optimizers
 from pyroflows._validation import (
     NonFiniteDataError,
     check_count,
@@ -698,7 +697,7 @@ def fit(
     }
     history: list[float] = list(done) if done else list(pilot_history)
     first_step = len(history) + 1
-    optim = ClippedAdam({"lr": schedule.lr_at(first_step), "lrd": 1.0, "clip_norm": clip_norm})
+    optim = _adam(guide, schedule.lr_at(first_step), clip_norm)
     if optimizer_state is not None:
         optim.set_state(optimizer_state)
     if checkpoint_state is not None:
@@ -799,7 +798,7 @@ def fit(
                     # not applied; the same step again, with fresh draws and a smaller rate
                     schedule.lr /= NONFINITE_BACKOFF_FACTOR
                     backoffs.append({"step": step, "problem": problem, "lr": schedule.lr})
-                    _set_learning_rate(optim, schedule.lr_at(step))
+                    _set_learning_rate(optim, schedule.lr_at(step), guide)
                     step -= 1
                     continue
                 bar.close()
@@ -826,7 +825,7 @@ def fit(
                 bar.total = run_steps
             # the next step's rate, set now: it is then part of the optimizer's saved state,
             # and a resumed run's optimizers (re-created from that state) start with it
-            _set_learning_rate(optim, schedule.lr_at(step + 1))
+            _set_learning_rate(optim, schedule.lr_at(step + 1), guide)
             if checkpoint is not None and step % checkpoint_every == 0:
                 write_checkpoint()
             if stop.requested or stop.now:
@@ -910,11 +909,39 @@ def _report(model, guide, args, kwargs, num_samples: int, warned: bool) -> FreeE
         return free_energy_report(model, guide, *args, num_samples=num_samples, **kwargs)
 
 
-def _set_learning_rate(optim: ClippedAdam, lr: float) -> None:
-    """Sets the step size of every parameter's optimizer (new parameters start at the base)."""
-    for torch_optim in torch_optimizers(optim):
+def _output_step_multipliers(guide) -> dict[int, float]:
+    """``id(parameter) -> 1 / s`` for the output parameters of every conditioner in ``guide``
+    built with ``output_step_scale = s ≠ 1`` (:class:`pyroflows.nn.MADE`): the step size that
+    moves its outputs by ``lr`` per step, as if unscaled."""
+    multipliers: dict[int, float] = {}
+    if isinstance(guide, torch.nn.Module):
+        for module in guide.modules():
+            scale = getattr(module, "output_step_scale", 1.0)
+            if scale != 1.0:
+                for param in module.output_parameters():
+                    multipliers[id(param)] = 1.0 / scale
+    return multipliers
+
+
+def _adam(guide, lr: float, clip_norm: float) -> ScaledClippedAdam:
+    """Pyro's ``ClippedAdam`` at ``lr``, which undoes the guide's output step scales: ``fit``
+    chooses its own step size, and a conditioner's ``output_step_scale`` (a smaller step for a
+    user's own loop) would only shift the pilot grid for part of the guide."""
+
+    def multiplier(param: torch.Tensor) -> float:
+        return _output_step_multipliers(guide).get(id(param), 1.0)
+
+    return ScaledClippedAdam({"lr": lr, "lrd": 1.0, "clip_norm": clip_norm}, multiplier)
+
+
+def _set_learning_rate(optim: ScaledClippedAdam, lr: float, guide) -> None:
+    """Sets the step size of every parameter's optimizer to ``lr`` times its multiplier (see
+    :func:`_adam`; new parameters start at the base)."""
+    multipliers = _output_step_multipliers(guide)
+    for param, torch_optim in torch_optimizers(optim):
+        rate = lr * multipliers.get(id(param), 1.0)
         for group in torch_optim.param_groups:
-            group["lr"] = lr
+            group["lr"] = rate
 
 
 def _stalled(rule: StoppingRule, history: list[float]) -> bool:
@@ -1167,7 +1194,7 @@ def _pilot_runs(elbo, model, guide, args, kwargs, clip_norm, stop, start, lrs):
     scores, ends, histories, summaries = [], [], [], []
     for lr in lrs:
         _restore(guide, start)
-        optim = ClippedAdam({"lr": lr, "lrd": 1.0, "clip_norm": clip_norm})
+        optim = _adam(guide, lr, clip_norm)
         losses: list[float] = []
         for _ in range(PILOT_STEPS):
             capture = poutine.trace(param_only=True)

@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pyroflows.nn.made import check_output_step_scale
+
 __all__ = ["ConditionerMLP"]
 
 
@@ -21,7 +23,9 @@ class ConditionerMLP(nn.Module):
     A context, when there is one, is concatenated to the input. With ``in_features = 0`` and no
     context (a coupling layer over one coordinate), the output is a learned constant.
     ``output_fan_in_cap = c`` multiplies the output weights by ``min(1, c / fan_in)``, so an
-    Adam step moves each output as if it read at most ``c`` units (see :class:`pyroflows.nn.MADE`).
+    Adam step moves each output as if it read at most ``c`` units, and ``output_step_scale = s``
+    multiplies the outputs by ``s``: a learning rate ``s · lr`` for the output layer under Adam,
+    undone by :func:`pyroflows.fit` (both: see :class:`pyroflows.nn.MADE`).
 
     Example:
         >>> net = ConditionerMLP(3, num_params=2, out_features=4, hidden_dims=[16])
@@ -38,8 +42,10 @@ class ConditionerMLP(nn.Module):
         context_dim: int = 0,
         activation: nn.Module | None = None,
         output_fan_in_cap: int | None = None,
+        output_step_scale: float = 1.0,
     ):
         super().__init__()
+        self.output_step_scale = check_output_step_scale(output_step_scale)
         self.in_features = in_features
         self.num_params = num_params
         self.out_features = out_features
@@ -76,4 +82,10 @@ class ConditionerMLP(nn.Module):
             out = layer(hidden)
         else:
             out = F.linear(hidden, layer.weight * self.output_weight_scale, layer.bias)
+        if self.output_step_scale != 1.0:
+            out = out * self.output_step_scale
         return out.unflatten(-1, (self.num_params, self.out_features))
+
+    def output_parameters(self) -> list[nn.Parameter]:
+        """The output layer's weight and bias (what ``output_step_scale`` scales)."""
+        return list(self.output_layer.parameters())

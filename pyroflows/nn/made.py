@@ -7,6 +7,7 @@ pyroflows: it emits, for each input dimension, ``num_params`` numbers (e.g. a sh
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -72,6 +73,16 @@ class MaskedLinear(nn.Linear):
         return F.linear(x, self.weight * self.mask, self.bias)
 
 
+def check_output_step_scale(scale: float) -> float:
+    """``scale`` as a float if it is finite and positive (see :class:`MADE`), else a
+    ``ValueError`` naming the accepted range."""
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < math.inf:
+        raise ValueError(
+            f"output_step_scale must be a finite number > 0 (1: the plain step), got {scale!r}"
+        )
+    return float(scale)
+
+
 def _zero_(layer: nn.Linear) -> None:
     """Starts a layer at zero (weights and bias), so a fresh flow starts at its initial map."""
     nn.init.zeros_(layer.weight)
@@ -128,6 +139,13 @@ class MADE(nn.Module):
             step at ``lr = 1e-2`` moved its MADE outputs by up to 0.26 with plain weights and
             0.017 capped; at ``D = 102`` the README's plain SVI loop turned NaN at steps 29–45
             with plain weights, on 3 of 3 seeds, and stays finite capped).
+        output_step_scale: ``s > 0``: every output is multiplied by the fixed factor ``s``
+            (default 1: none). The outputs start at zero, so the initial map is unchanged; under
+            Adam, which moves each weight by about ``lr`` per step, ``s`` is a learning rate
+            ``s · lr`` for the output layer's weights and biases (:meth:`output_parameters`),
+            so the transformer's parameters move ``s`` times as far per step.
+            :func:`pyroflows.fit` gives those parameters ``lr / s`` and so undoes it; a
+            user's own loop keeps it.
 
     Example:
         >>> made = MADE(3, [16], num_params=2)
@@ -145,8 +163,10 @@ class MADE(nn.Module):
         skip_connection: bool | str = "auto",
         activation: nn.Module | None = None,
         output_fan_in_cap: int | None = None,
+        output_step_scale: float = 1.0,
     ):
         super().__init__()
+        self.output_step_scale = check_output_step_scale(output_step_scale)
         if skip_connection == "auto":
             skip_connection = skip_connection_fits(input_dim, num_params)
         elif not isinstance(skip_connection, bool):
@@ -235,8 +255,8 @@ class MADE(nn.Module):
         h = self.input_layer(x)
         if self.context_layer is not None:
             h = h + self.context_layer(context)
-        if self.output_layer is None:
-            return h.unflatten(-1, (self.num_params, self.input_dim))
+        if self.output_layer is None:  # the input layer is the output layer
+            return self._scaled(h).unflatten(-1, (self.num_params, self.input_dim))
         h = self.activation(h)
         for layer in self.hidden_layers:
             h = self.activation(layer(h))
@@ -257,7 +277,19 @@ class MADE(nn.Module):
                 h.reshape(-1, h.shape[-1]),
                 layer.masked_weight().t(),
             ).reshape(batch + direct.shape[-1:])
-        return out.unflatten(-1, (self.num_params, self.input_dim))
+        return self._scaled(out).unflatten(-1, (self.num_params, self.input_dim))
+
+    def _scaled(self, out: torch.Tensor) -> torch.Tensor:
+        return out if self.output_step_scale == 1.0 else out * self.output_step_scale
+
+    def output_parameters(self) -> list[nn.Parameter]:
+        """The weights and biases of the layers that compute the outputs directly (what
+        ``output_step_scale`` scales)."""
+        if self.output_layer is None:
+            layers = [self.input_layer, self.context_layer]
+        else:
+            layers = [self.output_layer, self.skip_layer, self.context_output_layer]
+        return [p for layer in layers if layer is not None for p in layer.parameters()]
 
     def _check_context(self, context: torch.Tensor | None) -> None:
         if self.context_dim == 0:

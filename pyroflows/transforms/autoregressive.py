@@ -27,6 +27,7 @@ def made_for(
     skip_connection: bool | str = "auto",
     activation: nn.Module | None = None,
     output_fan_in_cap: int | None = None,
+    output_step_scale: float = 1.0,
 ) -> MADE:
     """A fresh MADE that emits ``transformer.num_params`` numbers per coordinate (default
     widths: :func:`pyroflows.nn.default_hidden_dims`)."""
@@ -41,6 +42,7 @@ def made_for(
         skip_connection=skip_connection,
         activation=activation,
         output_fan_in_cap=output_fan_in_cap,
+        output_step_scale=output_step_scale,
     )
 
 

@@ -229,6 +229,7 @@ def autoregressive_stack(
     activation: nn.Module | None = None,
     batch_norm: bool = False,
     output_fan_in_cap: int | None = None,
+    output_step_scale: float = 1.0,
 ) -> list[Transform]:
     """``num_transforms`` autoregressive layers with alternating (or random) orderings."""
     hidden_dims = _check_hidden_dims(hidden_dims, dim, context_dim)
@@ -244,6 +245,7 @@ def autoregressive_stack(
             skip_connection,
             activation,
             output_fan_in_cap,
+            output_step_scale,
         )
         layers.append(AutoregressiveTransform(made, transformer, direction))
     return _with_batch_norm(layers, dim, batch_norm)
@@ -259,6 +261,7 @@ def coupling_stack(
     activation: nn.Module | None = None,
     batch_norm: bool = False,
     output_fan_in_cap: int | None = None,
+    output_step_scale: float = 1.0,
 ) -> list[Transform]:
     """``num_transforms`` coupling layers with alternating masks."""
     hidden_dims = _check_hidden_dims(hidden_dims, dim, context_dim)
@@ -274,6 +277,7 @@ def coupling_stack(
             context_dim=context_dim,
             activation=activation,
             output_fan_in_cap=output_fan_in_cap,
+            output_step_scale=output_step_scale,
         )
         layers.append(CouplingTransform(mask, conditioner, transformer))
     return _with_batch_norm(layers, dim, batch_norm)
