@@ -90,13 +90,7 @@ def test_guides_cap_their_made_outputs_and_a_plain_made_does_not():
     assert float(MADE(30, [64]).output_layer.mask.max()) == 1.0
     model, args = _horseshoe_regression(10, 30)
     for guide_class in (pyroflows.AutoIAF, pyroflows.AutoNAF, pyroflows.AutoNSF):
-        pyro.clear_param_store()
-        guide = guide_class(model)
-        guide(*args)
-        assert guide.flow_options["output_fan_in_cap"] == 16
-        mades = [module for module in guide.modules() if isinstance(module, MADE)]
-        assert mades
-        for made in mades:
+        for made in _capped_conditioners(guide_class, model, args, MADE):
             fan_in = (made.output_layer.mask > 0).sum(1)
             wide = fan_in > 16
             assert bool(wide.any())
@@ -114,19 +108,25 @@ def test_coupling_guides_cap_their_conditioner_outputs_too():
 
     model, args = _horseshoe_regression(10, 14)  # D = 30
     for guide_class in (pyroflows.AutoRealNVP, pyroflows.AutoNICE):
-        pyro.clear_param_store()
-        guide = guide_class(model)
-        guide(*args)
-        assert guide.flow_options["output_fan_in_cap"] == 16
-        conditioners = [m for m in guide.modules() if isinstance(m, ConditionerMLP)]
-        assert conditioners
-        for conditioner in conditioners:
+        for conditioner in _capped_conditioners(guide_class, model, args, ConditionerMLP):
             assert conditioner.output_layer.in_features == 91
             assert conditioner.output_weight_scale == pytest.approx(16 / 91)
     plain = make_flow("realnvp", 30)
     assert all(
         m.output_weight_scale == 1.0 for m in plain.modules() if isinstance(m, ConditionerMLP)
     )
+
+
+def _capped_conditioners(guide_class, model, args: tuple, kind: type) -> list:
+    """The conditioners (of type ``kind``) of a fresh ``guide_class`` guide on ``model``, after
+    checking that the guide asked for the fan-in cap of 16."""
+    pyro.clear_param_store()
+    guide = guide_class(model)
+    guide(*args)
+    assert guide.flow_options["output_fan_in_cap"] == 16
+    conditioners = [module for module in guide.modules() if isinstance(module, kind)]
+    assert conditioners
+    return conditioners
 
 
 def _horseshoe_regression(num_rows: int, num_coefs: int):
