@@ -130,3 +130,29 @@ def test_fit_undoes_the_scale_and_the_plain_loop_keeps_it():
     scaled = _transformer_parameters_after(SCALE, 100, use_fit=False)
     assert _relative_distance(scaled, plain) > 0.1
     assert scaled.norm() < plain.norm()
+
+
+@pytest.mark.parametrize(
+    "guide_class, scale",
+    [
+        (pyroflows.AutoNAF, 0.1),
+        (pyroflows.AutoNSF, 0.1),
+        (pyroflows.AutoRealNVP, 0.3),
+        (pyroflows.AutoNICE, 0.3),
+        (pyroflows.AutoIAF, 1.0),
+    ],
+)
+def test_the_guides_default_scales_and_a_flow_outside_a_guide_keeps_the_plain_step(
+    guide_class, scale
+):
+    """The scale is a guide default (the non-affine autoregressive families 0.1, the coupling
+    families 0.3, AutoIAF none: see ``pyroflows.transforms.registry``); ``make_flow`` outside a
+    guide (density estimation) builds conditioners without it."""
+    pyro.clear_param_store()
+    guide = guide_class(_funnel)
+    guide()
+    conditioners = [m for m in guide.modules() if isinstance(m, (MADE, ConditionerMLP))]
+    assert conditioners
+    assert {conditioner.output_step_scale for conditioner in conditioners} == {scale}
+    flow = pyroflows.make_flow(guide.flow_name, 2)
+    assert {m.output_step_scale for m in flow.modules() if hasattr(m, "output_step_scale")} == {1.0}
