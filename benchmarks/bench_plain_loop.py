@@ -25,6 +25,9 @@ Usage::
         --guides normal pyro_iaf iaf naf --seeds 3 \
         --output benchmarks/results/plain_loop_horseshoe_cpu.json
 
+``--output-step-scale s`` replaces the guides' ``output_step_scale`` default (AutoNAF and AutoNSF
+0.1, AutoRealNVP and AutoNICE 0.3, AutoIAF 1) by ``s`` for every family with a conditioner.
+
 Output: a table on stdout, ``benchmarks/results/plain_loop_cpu.json`` and ``.txt``.
 """
 
@@ -54,6 +57,7 @@ from accuracy.targets import build_target, target_names  # noqa: E402
 
 import pyroflows  # noqa: E402
 from pyroflows.models import horseshoe_regression  # noqa: E402
+from pyroflows.transforms import available_flows, flow_family  # noqa: E402
 
 RESULTS = HERE / "results"
 GUIDES = ("normal", "pyro_iaf", "iaf", "naf", "nsf", "realnvp", "nice", "planar")
@@ -93,6 +97,15 @@ def make(guide_name: str, model):
     if variant:
         guide.sticking_the_landing = variant == "stl"
     return guide
+
+
+def set_output_step_scale(scale: float) -> None:
+    """Makes ``scale`` the ``output_step_scale`` guide default of every registered family whose
+    guides cap their conditioner's outputs (those with a MADE or an MLP), for this process."""
+    for name in available_flows():
+        family = flow_family(name)
+        if "output_fan_in_cap" in family.guide_defaults:
+            family.guide_defaults["output_step_scale"] = scale
 
 
 def run_one(target, guide_name: str, seed: int, steps: int, lr: float) -> dict:
@@ -204,7 +217,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--output", type=Path, default=RESULTS / "plain_loop_cpu.json")
+    parser.add_argument(
+        "--output-step-scale",
+        type=float,
+        default=None,
+        help="the output_step_scale of every pyroflows guide with a conditioner (default: each "
+        "family's guide default; 1 is the plain step)",
+    )
     options = parser.parse_args()
+    if options.output_step_scale is not None:
+        set_output_step_scale(options.output_step_scale)
     if "normal" not in options.guides:
         options.guides = ["normal", *options.guides]
     torch.set_num_threads(1)
@@ -236,6 +258,7 @@ def main() -> None:
             "steps": options.steps,
             "lr": options.lr,
             "report_draws": REPORT_DRAWS,
+            "output_step_scale": options.output_step_scale,
         },
         "environment": {
             "pyroflows": pyroflows.__version__,

@@ -350,7 +350,11 @@ def fit(
       larger: :data:`~pyroflows.infer.schedule.STL_PILOT_LRS`) from the same start choose
       the step size (a larger one must be better by more than its noise), and the fit goes on
       from the winning pilot's state; pyroflows guides learn in the whitened coordinates of
-      their start, so this grid fits posteriors of any scale;
+      their start, so this grid fits posteriors of any scale. Every step size applies to the
+      whole guide: a guide's ``output_step_scale`` (AutoNAF and AutoNSF 0.1, AutoRealNVP and
+      AutoNICE 0.3: a smaller step for the user's own loop, :class:`pyroflows.nn.MADE`) is
+      undone by giving those outputs' parameters ``lr / s``, so ``fit`` trains them as it did
+      before the scale existed (the accuracy benchmark's fits stand);
     * ``steps="auto"``: runs until the free energy stops improving by more than its Monte Carlo
       error (checked every 100 steps, twice in a row, after at least 1000); each such stall
       divides the learning rate by 3 and starts a new stage (judged again after 300 steps),
