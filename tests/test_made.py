@@ -62,3 +62,33 @@ def test_context_reaches_every_output_and_checks_its_size():
 def test_bad_ordering_is_rejected():
     with pytest.raises(ValueError, match="permutation"):
         MADE(3, [8], ordering=[0, 0, 1])
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"hidden_dims": [12, 10]},
+        {"hidden_dims": []},
+        {"hidden_dims": [12], "context_dim": 3},
+        {"hidden_dims": [], "context_dim": 3},
+        {"hidden_dims": [12], "skip_connection": True, "ordering": [2, 0, 3, 1]},
+        {"hidden_dims": [40], "output_fan_in_cap": 16, "output_step_scale": 0.3},
+    ],
+)
+def test_forward_coordinate_is_that_coordinate_of_forward(options):
+    """The one-coordinate pass that the autoregressive inverse uses, on non-zero weights."""
+    torch.manual_seed(0)
+    hidden_dims = options.pop("hidden_dims")
+    made = MADE(4, hidden_dims, num_params=3, **options)
+    with torch.no_grad():
+        for param in made.parameters():
+            param.normal_()
+    x = torch.randn(7, 4)
+    context = torch.randn(7, 3) if made.context_dim else None
+    full = made(x, context)
+    for coordinate in range(4):
+        alone = made.forward_coordinate(x, coordinate, context)
+        assert alone.shape == (7, 3, 1)
+        assert torch.allclose(alone, full[..., coordinate : coordinate + 1], atol=1e-5)
+    with pytest.raises(ValueError, match=r"coordinate must be in \[0, 4\)"):
+        made.forward_coordinate(x, 4, context)

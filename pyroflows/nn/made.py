@@ -249,17 +249,9 @@ class MADE(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """Returns the parameters, of shape ``x.shape[:-1] + (num_params, input_dim)``."""
-        if x.shape[-1] != self.input_dim:
-            raise ValueError(f"MADE expected inputs of size {self.input_dim}, got {x.shape[-1]}")
-        self._check_context(context)
-        h = self.input_layer(x)
-        if self.context_layer is not None:
-            h = h + self.context_layer(context)
+        h = self._last_hidden(x, context)
         if self.output_layer is None:  # the input layer is the output layer
             return self._scaled(h).unflatten(-1, (self.num_params, self.input_dim))
-        h = self.activation(h)
-        for layer in self.hidden_layers:
-            h = self.activation(layer(h))
         direct = None
         if self.skip_layer is not None:
             direct = self.skip_layer(x)
@@ -278,6 +270,61 @@ class MADE(nn.Module):
                 layer.masked_weight().t(),
             ).reshape(batch + direct.shape[-1:])
         return self._scaled(out).unflatten(-1, (self.num_params, self.input_dim))
+
+    def forward_coordinate(
+        self, x: torch.Tensor, coordinate: int, context: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The parameters of coordinate ``coordinate`` alone, of shape ``x.shape[:-1] +
+        (num_params, 1)``: ``forward(x, context)[..., coordinate:coordinate + 1]`` with only
+        that coordinate's ``num_params`` output rows computed (an autoregressive inverse needs
+        one coordinate per pass).
+
+        Example:
+            >>> made = MADE(3, [16], num_params=2)
+            >>> made.forward_coordinate(torch.randn(5, 3), 1).shape
+            torch.Size([5, 2, 1])
+        """
+        if not 0 <= coordinate < self.input_dim:
+            raise ValueError(f"coordinate must be in [0, {self.input_dim}), got {coordinate}")
+        rows = torch.arange(self.num_params, device=x.device) * self.input_dim + coordinate
+
+        def sliced(layer: nn.Linear, inputs: torch.Tensor, bias: bool = True) -> torch.Tensor:
+            weight = layer.weight[rows]
+            if isinstance(layer, MaskedLinear):
+                weight = weight * layer.mask[rows]
+            return F.linear(inputs, weight, layer.bias[rows] if bias else None)
+
+        if self.output_layer is None:  # the input layer is the output layer
+            self._check_input(x, context)
+            out = sliced(self.input_layer, x)
+            if self.context_layer is not None:
+                out = out + sliced(self.context_layer, context, bias=False)
+        else:
+            out = sliced(self.output_layer, self._last_hidden(x, context))
+            if self.skip_layer is not None:
+                out = out + sliced(self.skip_layer, x, bias=False)
+            if self.context_output_layer is not None:
+                out = out + sliced(self.context_output_layer, context, bias=False)
+        return self._scaled(out).unsqueeze(-1)
+
+    def _last_hidden(self, x: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        """The last hidden layer's activations (the input layer's output, before any
+        activation, when there are no hidden layers)."""
+        self._check_input(x, context)
+        h = self.input_layer(x)
+        if self.context_layer is not None:
+            h = h + self.context_layer(context)
+        if self.output_layer is None:
+            return h
+        h = self.activation(h)
+        for layer in self.hidden_layers:
+            h = self.activation(layer(h))
+        return h
+
+    def _check_input(self, x: torch.Tensor, context: torch.Tensor | None) -> None:
+        if x.shape[-1] != self.input_dim:
+            raise ValueError(f"MADE expected inputs of size {self.input_dim}, got {x.shape[-1]}")
+        self._check_context(context)
 
     def _scaled(self, out: torch.Tensor) -> torch.Tensor:
         return out if self.output_step_scale == 1.0 else out * self.output_step_scale

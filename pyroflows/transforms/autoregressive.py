@@ -101,11 +101,18 @@ class AutoregressiveTransform(FlowLayer):
         return y, (log_slope.sum(-1) if need_log_det else None)
 
     def _g_inverse(self, y, context):
-        """``(g⁻¹(y), Σ log τ'(g⁻¹(y)))`` in ``D`` sequential conditioner passes."""
+        """``(g⁻¹(y), Σ log τ'(g⁻¹(y)))`` in ``D`` sequential conditioner passes, pass ``k``
+        solving only the ``k``-th coordinate in the ordering (its parameters read only the
+        coordinates already solved), then one full pass for the log slopes."""
         v = torch.zeros_like(y)
-        for index in range(self.input_dim):
-            last = index == self.input_dim - 1
-            v, log_slope = self.transformer.inverse(y, self.conditioner(v, context), last)
+        columns = torch.arange(self.input_dim, device=y.device)
+        for coordinate in self.conditioner.ordering.tolist():
+            params = self.conditioner.forward_coordinate(v, coordinate, context)
+            solved, _ = self.transformer.inverse(
+                y[..., coordinate : coordinate + 1], params, need_log_slope=False
+            )
+            v = torch.where(columns == coordinate, solved, v)
+        _, log_slope = self.transformer(v, self.conditioner(v, context))
         return v, log_slope.sum(-1)
 
     # ---- FlowLayer ---------------------------------------------------------------------------
