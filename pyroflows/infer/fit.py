@@ -351,10 +351,13 @@ def fit(
       the step size (a larger one must be better by more than its noise), and the fit goes on
       from the winning pilot's state; pyroflows guides learn in the whitened coordinates of
       their start, so this grid fits posteriors of any scale. Every step size applies to the
-      whole guide: a guide's ``output_step_scale`` (AutoNAF and AutoNSF 0.1, AutoRealNVP and
-      AutoNICE 0.3: a smaller step for the user's own loop, :class:`pyroflows.nn.MADE`) is
-      undone by giving those outputs' parameters ``lr / s``, so ``fit`` trains them as it did
-      before the scale existed (the accuracy benchmark's fits stand);
+      whole guide: the fixed factors ``s`` by which a guide makes some parameters step less
+      far in the user's own loop (a conditioner's ``output_step_scale``, AutoNAF and AutoNSF
+      0.1, AutoRealNVP and AutoNICE 0.3, :class:`pyroflows.nn.MADE`; the affine stage's 0.1 on
+      its lower factor after a start that is not whitened,
+      :class:`pyroflows.transforms.AffineStage`) are undone by giving those parameters
+      ``lr / s``, so ``fit`` trains them as it did before the factors existed (the accuracy
+      benchmark's fits stand);
     * ``steps="auto"``: runs until the free energy stops improving by more than its Monte Carlo
       error (checked every 100 steps, twice in a row, after at least 1000); each such stall
       divides the learning rate by 3 and starts a new stage (judged again after 300 steps),
@@ -913,27 +916,28 @@ def _report(model, guide, args, kwargs, num_samples: int, warned: bool) -> FreeE
         return free_energy_report(model, guide, *args, num_samples=num_samples, **kwargs)
 
 
-def _output_step_multipliers(guide) -> dict[int, float]:
-    """``id(parameter) -> 1 / s`` for the output parameters of every conditioner in ``guide``
-    built with ``output_step_scale = s ≠ 1`` (:class:`pyroflows.nn.MADE`): the step size that
-    moves its outputs by ``lr`` per step, as if unscaled."""
+def _step_multipliers(guide) -> dict[int, float]:
+    """``id(parameter) -> 1 / s`` for every parameter that a module of ``guide`` multiplies by a
+    fixed ``s ≠ 1`` (its ``step_scaled_parameters()``: a conditioner's ``output_step_scale``,
+    :class:`pyroflows.nn.MADE`; the affine stage's factor on ``N`` for a start that is not
+    whitened, :class:`pyroflows.transforms.AffineStage`): the step size that moves what it
+    computes by ``lr`` per step, as if unscaled."""
     multipliers: dict[int, float] = {}
     if isinstance(guide, torch.nn.Module):
         for module in guide.modules():
-            scale = getattr(module, "output_step_scale", 1.0)
-            if scale != 1.0:
-                for param in module.output_parameters():
+            if hasattr(module, "step_scaled_parameters"):
+                for param, scale in module.step_scaled_parameters():
                     multipliers[id(param)] = 1.0 / scale
     return multipliers
 
 
 def _adam(guide, lr: float, clip_norm: float) -> ScaledClippedAdam:
-    """Pyro's ``ClippedAdam`` at ``lr``, which undoes the guide's output step scales: ``fit``
-    chooses its own step size, and a conditioner's ``output_step_scale`` (a smaller step for a
-    user's own loop) would only shift the pilot grid for part of the guide."""
+    """Pyro's ``ClippedAdam`` at ``lr``, which undoes the guide's step scales (see
+    :func:`_step_multipliers`): ``fit`` chooses its own step size, and a scale meant as a smaller
+    step for a user's own loop would only shift the pilot grid for part of the guide."""
 
     def multiplier(param: torch.Tensor) -> float:
-        return _output_step_multipliers(guide).get(id(param), 1.0)
+        return _step_multipliers(guide).get(id(param), 1.0)
 
     return ScaledClippedAdam({"lr": lr, "lrd": 1.0, "clip_norm": clip_norm}, multiplier)
 
@@ -941,7 +945,7 @@ def _adam(guide, lr: float, clip_norm: float) -> ScaledClippedAdam:
 def _set_learning_rate(optim: ScaledClippedAdam, lr: float, guide) -> None:
     """Sets the step size of every parameter's optimizer to ``lr`` times its multiplier (see
     :func:`_adam`; new parameters start at the base)."""
-    multipliers = _output_step_multipliers(guide)
+    multipliers = _step_multipliers(guide)
     for param, torch_optim in torch_optimizers(optim):
         rate = lr * multipliers.get(id(param), 1.0)
         for group in torch_optim.param_groups:

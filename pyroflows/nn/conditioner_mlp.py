@@ -86,6 +86,12 @@ class ConditionerMLP(nn.Module):
             out = out * self.output_step_scale
         return out.unflatten(-1, (self.num_params, self.out_features))
 
+    def step_scaled_parameters(self) -> list[tuple[nn.Parameter, float]]:
+        """``(parameter, s)`` for the output layer's weight and bias when ``output_step_scale =
+        s ≠ 1``, for :func:`pyroflows.fit`, which steps them by ``lr / s``."""
+        scale = self.output_step_scale
+        return [] if scale == 1.0 else [(param, scale) for param in self.output_parameters()]
+
     def output_parameters(self) -> list[nn.Parameter]:
         """The output layer's weight and bias (what ``output_step_scale`` scales)."""
         return list(self.output_layer.parameters())

@@ -329,6 +329,12 @@ class MADE(nn.Module):
     def _scaled(self, out: torch.Tensor) -> torch.Tensor:
         return out if self.output_step_scale == 1.0 else out * self.output_step_scale
 
+    def step_scaled_parameters(self) -> list[tuple[nn.Parameter, float]]:
+        """``(parameter, s)`` for each output parameter when ``output_step_scale = s ≠ 1``, for
+        :func:`pyroflows.fit`, which steps them by ``lr / s``."""
+        scale = self.output_step_scale
+        return [] if scale == 1.0 else [(param, scale) for param in self.output_parameters()]
+
     def output_parameters(self) -> list[nn.Parameter]:
         """The weights and biases of the layers that compute the outputs directly (what
         ``output_step_scale`` scales)."""
