@@ -51,9 +51,13 @@ class AffineStage(FlowLayer):
     the correlations are learned from the signal rather than random-walked by the noise of
     single-particle gradients. :func:`pyroflows.fit` gives ``T`` the step ``lr / c`` and so
     undoes it (:meth:`step_scaled_parameters`). Chosen on the ``horseshoe_42`` stress model
-    (42 latent dimensions, the README's loop, 2 seeds): AutoIAF's free energy 136.9 and 136.4
-    with ``c = 1``, 128.7 and 129.7 with a diagonal stage, 128.0 and 126.7 with ``c = 0.1``
-    (AutoNormal 129.0 and 130.4).
+    (42 latent dimensions, the README's loop, seeds 0 and 1): AutoIAF's free energy 136.9 and
+    132.5 with ``c = 1``, 130.7 and 130.1 with ``c = 0.3``, 128.0 and 126.7 with ``c = 0.1``,
+    128.7 and 129.7 with a diagonal stage (AutoNormal 129.0 and 130.4); on development targets
+    started at ``init="median"`` the smaller step costs a little where strong correlations
+    must be learned (a 10-D linear regression: 47.6 and 47.8 → 48.4 and 48.8; AutoNormal 57)
+    and helps on a 5-D funnel (0.25 and 0.20 → 0.21 and 0.18). ``benchmarks/results/
+    plain_loop_dev_lower_factor_cpu.txt``.
 
     Example:
         >>> stage = AffineStage(torch.tensor([100.0, -3.0]), torch.tensor([[2.0, 0.0], [1.0, 0.5]]))
