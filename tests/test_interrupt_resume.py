@@ -280,3 +280,14 @@ def test_a_process_killed_with_sigkill_resumes_from_its_checkpoint(tmp_path):
         finished = run(mode)
         assert finished.returncode == 0, finished.stderr
     _assert_same(torch.load(tmp_path / "resumed.pt"), torch.load(tmp_path / "uninterrupted.pt"))
+
+
+def test_a_checkpoint_of_another_version_is_refused(tmp_path):
+    """Version 1 checkpoints predate the guides' fixed step scales: their weights would load
+    into another distribution, so they are refused with the versions named."""
+    path = tmp_path / "old.pt"
+    torch.save({"format": checkpoint_module.FORMAT, "version": 1}, path)
+    with pytest.raises(
+        CheckpointError, match="version 1 checkpoint; this pyroflows reads version 2"
+    ):
+        checkpoint_module.load_checkpoint(path)
