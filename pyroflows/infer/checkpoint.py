@@ -39,9 +39,9 @@ __all__ = [
 ]
 
 FORMAT = "pyroflows-fit-checkpoint"
-#: 2: the guides' fixed step scales (a conditioner's ``output_step_scale``, the affine stage's
-#: factor on ``N`` after an unwhitened start) change what stored weights mean, so a version 1
-#: checkpoint of those guides would load into another distribution; it is refused instead
+#: 2: the guides' fixed step scales (a conditioner's ``output_step_scale``) change what stored
+#: weights mean, so a version 1 checkpoint of those guides would load into another
+#: distribution; it is refused instead
 VERSION = 2
 
 

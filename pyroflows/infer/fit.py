@@ -353,11 +353,9 @@ def fit(
       their start, so this grid fits posteriors of any scale. Every step size applies to the
       whole guide: the fixed factors ``s`` by which a guide makes some parameters step less
       far in the user's own loop (a conditioner's ``output_step_scale``, AutoNAF and AutoNSF
-      0.1, AutoRealNVP and AutoNICE 0.3, :class:`pyroflows.nn.MADE`; the affine stage's 0.1 on
-      its lower factor after a start that is not whitened,
-      :class:`pyroflows.transforms.AffineStage`) are undone by giving those parameters
-      ``lr / s``, so ``fit`` trains them as it did before the factors existed (the accuracy
-      benchmark's fits stand);
+      0.1, AutoRealNVP and AutoNICE 0.3, :class:`pyroflows.nn.MADE`) are undone by giving
+      those parameters ``lr / s``, so ``fit`` trains them as it did before the factors existed
+      (the accuracy benchmark's fits stand);
     * ``steps="auto"``: runs until the free energy stops improving by more than its Monte Carlo
       error (checked every 100 steps, twice in a row, after at least 1000); each such stall
       divides the learning rate by 3 and starts a new stage (judged again after 300 steps),
@@ -919,9 +917,8 @@ def _report(model, guide, args, kwargs, num_samples: int, warned: bool) -> FreeE
 def _step_multipliers(guide) -> dict[int, float]:
     """``id(parameter) -> 1 / s`` for every parameter that a module of ``guide`` multiplies by a
     fixed ``s ≠ 1`` (its ``step_scaled_parameters()``: a conditioner's ``output_step_scale``,
-    :class:`pyroflows.nn.MADE`; the affine stage's factor on ``N`` for a start that is not
-    whitened, :class:`pyroflows.transforms.AffineStage`): the step size that moves what it
-    computes by ``lr`` per step, as if unscaled."""
+    :class:`pyroflows.nn.MADE`): the step size that moves what it computes by ``lr`` per step,
+    as if unscaled."""
     multipliers: dict[int, float] = {}
     if isinstance(guide, torch.nn.Module):
         for module in guide.modules():

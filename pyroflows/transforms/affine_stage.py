@@ -10,12 +10,9 @@ from torch import nn
 
 from pyroflows.transforms.layer import FlowLayer, check_context
 
-__all__ = ["UNWHITENED_TRIL_STEP_SCALE", "AffineStage", "Structure"]
+__all__ = ["AffineStage", "Structure"]
 
 Structure = Literal["full", "diagonal"]
-
-#: the factor ``c`` on ``N`` of a stage whose start is not whitened (see :class:`AffineStage`)
-UNWHITENED_TRIL_STEP_SCALE = 0.1
 
 
 class AffineStage(FlowLayer):
@@ -43,21 +40,6 @@ class AffineStage(FlowLayer):
     horseshoe regressions with 42 and 202 latent dimensions, its MADEs capped as by default:
     final free energy 136 and 135 nats with the ``1/√i``, 158 and 155 without; 220 and 223 with,
     585 and 347 without; seeds 0 and 1).
-
-    A start that is not whitened (``init_loc_fn`` values with ``init_scale``: no estimate of
-    the posterior's correlations) also multiplies ``N`` by ``c =``
-    :data:`UNWHITENED_TRIL_STEP_SCALE` (``N_ij = c T_ij / √i``): ``N`` starts at zero either way,
-    and under Adam the factor is a step ``c`` times smaller for it, so that in a user's own loop
-    the correlations are learned from the signal rather than random-walked by the noise of
-    single-particle gradients. :func:`pyroflows.fit` gives ``T`` the step ``lr / c`` and so
-    undoes it (:meth:`step_scaled_parameters`). Chosen on the ``horseshoe_42`` stress model
-    (42 latent dimensions, the README's loop, seeds 0 and 1): AutoIAF's free energy 136.9 and
-    132.5 with ``c = 1``, 130.7 and 130.1 with ``c = 0.3``, 128.0 and 126.7 with ``c = 0.1``,
-    128.7 and 129.7 with a diagonal stage (AutoNormal 129.0 and 130.4); on development targets
-    started at ``init="median"`` the smaller step costs a little where strong correlations
-    must be learned (a 10-D linear regression: 47.6 and 47.8 → 48.4 and 48.8; AutoNormal 57)
-    and helps on a 5-D funnel (0.25 and 0.20 → 0.21 and 0.18). ``benchmarks/results/
-    plain_loop_dev_lower_factor_cpu.txt``.
 
     Example:
         >>> stage = AffineStage(torch.tensor([100.0, -3.0]), torch.tensor([[2.0, 0.0], [1.0, 0.5]]))
@@ -91,8 +73,6 @@ class AffineStage(FlowLayer):
             self.tril = nn.Parameter(loc.new_zeros(dim, dim))
             rows = torch.arange(dim, dtype=loc.dtype, device=loc.device).clamp_min(1)
             self.register_buffer("tril_row_scale", rows.rsqrt().unsqueeze(-1), persistent=False)
-        #: the factor on N (1 for a whitened start, UNWHITENED_TRIL_STEP_SCALE otherwise)
-        self.tril_step_scale = 1.0
         self.restart(loc, scale, whiten)
 
     @torch.no_grad()
@@ -124,10 +104,7 @@ class AffineStage(FlowLayer):
         self.shift.zero_()
         self.log_scale.zero_()
         if self.tril is not None:
-            self.tril.zero_()  # N = 0: the factor c changes the step, not the map
-            self.tril_step_scale = 1.0 if whiten else UNWHITENED_TRIL_STEP_SCALE
-            rows = torch.arange(dim, dtype=self.tril.dtype, device=self.tril.device).clamp_min(1)
-            self.tril_row_scale.copy_(rows.rsqrt().unsqueeze(-1) * self.tril_step_scale)
+            self.tril.zero_()
         if not whiten:
             if scale.dim() == 2:
                 raise ValueError("an unwhitened start needs a vector scale")
@@ -144,15 +121,8 @@ class AffineStage(FlowLayer):
 
     # ---- the map ---------------------------------------------------------------------------
 
-    def step_scaled_parameters(self) -> list[tuple[nn.Parameter, float]]:
-        """``[(T, c)]`` where ``N`` carries the factor ``c ≠ 1`` (see the class docstring), for
-        :func:`pyroflows.fit`, which steps ``T`` by ``lr / c``."""
-        if self.tril is None or self.tril_step_scale == 1.0:
-            return []
-        return [(self.tril, self.tril_step_scale)]
-
     def _unit_lower(self) -> torch.Tensor | None:
-        """``N = c tril(T, -1) / √i`` row by row (row 0 is empty; see the class docstring)."""
+        """``N = tril(T, -1) / √i`` row by row (row 0 is empty; see the class docstring)."""
         if self.tril is None:
             return None
         return self.tril.tril(-1) * self.tril_row_scale
