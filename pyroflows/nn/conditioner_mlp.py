@@ -10,12 +10,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pyroflows.nn.made import check_output_step_scale
+from pyroflows.nn.made import OutputStepScaled, check_output_step_scale
 
 __all__ = ["ConditionerMLP"]
 
 
-class ConditionerMLP(nn.Module):
+class ConditionerMLP(OutputStepScaled, nn.Module):
     """``(..., in_features) [+ context] -> (..., num_params, out_features)``.
 
     The output layer starts at zero, so a coupling layer built on a fresh conditioner starts as
@@ -82,15 +82,7 @@ class ConditionerMLP(nn.Module):
             out = layer(hidden)
         else:
             out = F.linear(hidden, layer.weight * self.output_weight_scale, layer.bias)
-        if self.output_step_scale != 1.0:
-            out = out * self.output_step_scale
-        return out.unflatten(-1, (self.num_params, self.out_features))
-
-    def step_scaled_parameters(self) -> list[tuple[nn.Parameter, float]]:
-        """``(parameter, s)`` for the output layer's weight and bias when ``output_step_scale =
-        s ≠ 1``, for :func:`pyroflows.fit`, which steps them by ``lr / s``."""
-        scale = self.output_step_scale
-        return [] if scale == 1.0 else [(param, scale) for param in self.output_parameters()]
+        return self._scaled(out).unflatten(-1, (self.num_params, self.out_features))
 
     def output_parameters(self) -> list[nn.Parameter]:
         """The output layer's weight and bias (what ``output_step_scale`` scales)."""

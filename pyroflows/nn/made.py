@@ -83,6 +83,27 @@ def check_output_step_scale(scale: float) -> float:
     return float(scale)
 
 
+class OutputStepScaled:
+    """What the conditioners share about ``output_step_scale = s`` (see :class:`MADE`): their
+    outputs are multiplied by ``s``, and :meth:`step_scaled_parameters` tells
+    :func:`pyroflows.fit` which parameters to step by ``lr / s``. A conditioner sets
+    ``output_step_scale`` and provides ``output_parameters()``."""
+
+    output_step_scale: float = 1.0
+
+    def output_parameters(self) -> list[nn.Parameter]:
+        raise NotImplementedError
+
+    def _scaled(self, out: torch.Tensor) -> torch.Tensor:
+        return out if self.output_step_scale == 1.0 else out * self.output_step_scale
+
+    def step_scaled_parameters(self) -> list[tuple[nn.Parameter, float]]:
+        """``(parameter, s)`` for each output parameter when ``output_step_scale = s ≠ 1``, for
+        :func:`pyroflows.fit`, which steps them by ``lr / s``."""
+        scale = self.output_step_scale
+        return [] if scale == 1.0 else [(param, scale) for param in self.output_parameters()]
+
+
 def _zero_(layer: nn.Linear) -> None:
     """Starts a layer at zero (weights and bias), so a fresh flow starts at its initial map."""
     nn.init.zeros_(layer.weight)
@@ -108,7 +129,7 @@ def made_degrees(
     return degrees
 
 
-class MADE(nn.Module):
+class MADE(OutputStepScaled, nn.Module):
     """Masked autoregressive MLP with ``num_params`` outputs per input dimension.
 
     Output ``[..., p, i]`` depends on ``x[..., j]`` only if ``j`` comes strictly before ``i`` in
@@ -325,15 +346,6 @@ class MADE(nn.Module):
         if x.shape[-1] != self.input_dim:
             raise ValueError(f"MADE expected inputs of size {self.input_dim}, got {x.shape[-1]}")
         self._check_context(context)
-
-    def _scaled(self, out: torch.Tensor) -> torch.Tensor:
-        return out if self.output_step_scale == 1.0 else out * self.output_step_scale
-
-    def step_scaled_parameters(self) -> list[tuple[nn.Parameter, float]]:
-        """``(parameter, s)`` for each output parameter when ``output_step_scale = s ≠ 1``, for
-        :func:`pyroflows.fit`, which steps them by ``lr / s``."""
-        scale = self.output_step_scale
-        return [] if scale == 1.0 else [(param, scale) for param in self.output_parameters()]
 
     def output_parameters(self) -> list[nn.Parameter]:
         """The weights and biases of the layers that compute the outputs directly (what
