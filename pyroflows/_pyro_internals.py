@@ -105,7 +105,9 @@ def torch_optimizers(optim: PyroOptim):
 
 class ScaledClippedAdam(PyroOptim):
     """Pyro's ``ClippedAdam`` whose step size for a parameter tensor ``p`` is
-    ``lr · lr_multiplier(p)`` (``optim_args`` as ``pyro.optim.ClippedAdam``'s).
+    ``lr · lr_multiplier(p)`` (``optim_args`` as ``pyro.optim.ClippedAdam``'s). The multiplier
+    is asked once per parameter, when its optimizer is created, and kept in
+    :attr:`lr_multipliers` (parameter -> multiplier) for whoever sets the rate later.
 
     Example:
         >>> optim = ScaledClippedAdam({"lr": 1e-2}, lambda param: 1.0)
@@ -114,10 +116,12 @@ class ScaledClippedAdam(PyroOptim):
     def __init__(self, optim_args: dict, lr_multiplier: Callable[[torch.Tensor], float]):
         super().__init__(TorchClippedAdam, optim_args)
         self.lr_multiplier = lr_multiplier
+        self.lr_multipliers: dict[torch.Tensor, float] = {}
 
     def _get_optim_args(self, param):
         optim_args = dict(super()._get_optim_args(param))
-        optim_args["lr"] = optim_args.get("lr", 1e-3) * self.lr_multiplier(param)
+        multiplier = self.lr_multipliers[param] = self.lr_multiplier(param)
+        optim_args["lr"] = optim_args.get("lr", 1e-3) * multiplier
         return optim_args
 
 

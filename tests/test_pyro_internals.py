@@ -72,6 +72,7 @@ def test_scaled_clipped_adam_gives_each_parameter_its_step_size():
     SVI(model, guide, optim, Trace_ELBO()).step(torch.randn(10))
     rates = {id(p): o.param_groups[0]["lr"] for p, o in internals.torch_optimizers(optim)}
     assert rates[id(loc)] == 0.05
+    assert optim.lr_multipliers[loc] == 0.5  # kept for whoever sets the rate later
     assert rates[id(guide.scale_unconstrained)] == 0.1
     assert all(o.param_groups[0]["clip_norm"] == 5.0 for _, o in internals.torch_optimizers(optim))
 

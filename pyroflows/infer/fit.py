@@ -803,7 +803,7 @@ def fit(
                     # not applied; the same step again, with fresh draws and a smaller rate
                     schedule.lr /= NONFINITE_BACKOFF_FACTOR
                     backoffs.append({"step": step, "problem": problem, "lr": schedule.lr})
-                    _set_learning_rate(optim, schedule.lr_at(step), guide)
+                    _set_learning_rate(optim, schedule.lr_at(step))
                     step -= 1
                     continue
                 bar.close()
@@ -830,7 +830,7 @@ def fit(
                 bar.total = run_steps
             # the next step's rate, set now: it is then part of the optimizer's saved state,
             # and a resumed run's optimizers (re-created from that state) start with it
-            _set_learning_rate(optim, schedule.lr_at(step + 1), guide)
+            _set_learning_rate(optim, schedule.lr_at(step + 1))
             if checkpoint is not None and step % checkpoint_every == 0:
                 write_checkpoint()
             if stop.requested or stop.now:
@@ -930,21 +930,25 @@ def _step_multipliers(guide) -> dict[int, float]:
 
 def _adam(guide, lr: float, clip_norm: float) -> ScaledClippedAdam:
     """Pyro's ``ClippedAdam`` at ``lr``, which undoes the guide's step scales (see
-    :func:`_step_multipliers`): ``fit`` chooses its own step size, and a scale meant as a smaller
-    step for a user's own loop would only shift the pilot grid for part of the guide."""
+    :func:`_step_multipliers`, read once, when the first parameter's optimizer is created:
+    the guide has run by then): ``fit`` chooses its own step size, and a scale meant as a
+    smaller step for a user's own loop would only shift the pilot grid for part of the guide."""
+    multipliers: dict[int, float] | None = None
 
     def multiplier(param: torch.Tensor) -> float:
-        return _step_multipliers(guide).get(id(param), 1.0)
+        nonlocal multipliers
+        if multipliers is None:
+            multipliers = _step_multipliers(guide)
+        return multipliers.get(id(param), 1.0)
 
     return ScaledClippedAdam({"lr": lr, "lrd": 1.0, "clip_norm": clip_norm}, multiplier)
 
 
-def _set_learning_rate(optim: ScaledClippedAdam, lr: float, guide) -> None:
-    """Sets the step size of every parameter's optimizer to ``lr`` times its multiplier (see
-    :func:`_adam`; new parameters start at the base)."""
-    multipliers = _step_multipliers(guide)
+def _set_learning_rate(optim: ScaledClippedAdam, lr: float) -> None:
+    """Sets the step size of every parameter's optimizer to ``lr`` times the multiplier it was
+    created with (see :func:`_adam`; new parameters start at the base)."""
     for param, torch_optim in torch_optimizers(optim):
-        rate = lr * multipliers.get(id(param), 1.0)
+        rate = lr * optim.lr_multipliers.get(param, 1.0)
         for group in torch_optim.param_groups:
             group["lr"] = rate
 
