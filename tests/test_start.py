@@ -140,8 +140,8 @@ def test_batched_log_joint_matches_the_one_point_version():
 def test_a_degenerate_map_falls_back_with_the_reason():
     """Before, the start was that degenerate point (its ×0.25 version won by ELBO) and AutoNAF
     in the README's plain loop (Adam 1e-2, Trace_ELBO) reached draws |z| ≈ 6000 and an
-    infinite loss at step 111 (seed 0); now the start says why it fell back. (From the
-    fallback start AutoNAF can still turn non-finite later in a plain loop: its DSF tails.)"""
+    infinite loss at step 111 (seed 0); now the start says why it fell back, and a Gaussian
+    on the search's way down the funnel (a path start) or the init_loc_fn start is used."""
     # 100 rows, 20 coefficients, 3 of them non-zero: L-BFGS from the median ends deep in the
     # funnel (log tau ≈ -20, Laplace sds down to 1e-14) instead of failing
     model, args = horseshoe_regression()
@@ -149,8 +149,71 @@ def test_a_degenerate_map_falls_back_with_the_reason():
     for guide_class in (pyroflows.AutoNAF, pyroflows.AutoIAF):
         guide = guide_class(model)
         guide(*args)
-        assert guide.start.method == "init_loc_fn"
-        assert "degenerate point" in guide.start.reason and "funnel" in guide.start.reason
+        assert guide.start.method.startswith(("path", "init_loc_fn"))
+        reason = guide.start.reason
+        assert reason.startswith("no Laplace start: ")
+        # from the other guide's median start, the search fails on a non-finite log joint
+        assert ("degenerate point" in reason and "funnel" in reason) or (
+            "MAP search failed" in reason
+        )
+
+
+def test_a_search_down_a_funnel_starts_from_a_gaussian_on_its_path():
+    """The horseshoe regression's MAP search ends degenerate; the Gaussians at points of its
+    path compete by ELBO with the init_loc_fn start and win by far (measured: about -190
+    against -2700 nats), the chosen one is whitened (its scale estimates the posterior's),
+    and no point of the degenerate end is used."""
+    model, args = horseshoe_regression()
+    guide = pyroflows.AutoIAF(model)
+    guide(*args)
+    start = guide.start
+    assert start.method.startswith("path"), start.reason
+    assert start.whiten
+    assert "a Gaussian at point" in start.reason and "Hessian" in start.reason
+    elbos = {k: v for k, v in start.details.items() if k.startswith("elbo_")}
+    assert elbos[f"elbo_{start.method}"] > elbos["elbo_init_loc_fn"] + 100
+    assert start.details["path_index"] < start.details["path_points"] - 1
+    sd = start.scale.diagonal() if start.scale.dim() == 2 else start.scale
+    assert start_module._degenerate(start.loc.double(), sd.double(), torch.float32) is None
+
+
+def test_path_points_are_the_first_the_powers_of_two_and_the_last():
+    assert start_module._path_indices(0) == []
+    assert start_module._path_indices(1) == [0]
+    assert start_module._path_indices(6) == [0, 1, 2, 4, 5]
+    many = start_module._path_indices(5000)
+    assert len(many) == start_module.PATH_MAX_STARTS
+    assert many[:4] == [0, 1, 2, 4] and many[-1] == 4999
+
+
+def test_path_starts_skip_points_without_a_positive_curvature():
+    """log p(x) = -x⁴/4 + x²/2 (per coordinate) has curvature 3x² - 1 for the negative: not
+    positive at |x| < 0.58, positive beyond, where the start is N(x, 1/(3x² - 1))."""
+
+    def negative(z):
+        return (z**4 / 4 - z**2 / 2).sum()
+
+    path = [torch.full((2,), value, dtype=torch.float64) for value in (0.0, 0.3, 2.0, 1.0)]
+    starts = start_module._path_starts(negative, path, "why", torch.float32)
+    assert [start.method for start in starts] == ["path2", "path3"]
+    expected = torch.tensor([1 / 11.0, 1 / 2.0]).sqrt()
+    for start, sd in zip(starts, expected, strict=True):
+        assert torch.allclose(start.scale.diagonal(), sd.expand(2), rtol=1e-5)
+        assert torch.all(start.scale.tril(-1) == 0)
+        assert start.reason.startswith("why; instead a Gaussian at point")
+
+
+def test_a_failed_search_keeps_its_path():
+    """A search that turns non-finite still hands back the points it had evaluated."""
+
+    def negative(z):
+        value = (z - 3.0).pow(2).sum()
+        return value if float(z.detach().max()) < 2.0 else value * float("nan")
+
+    path: list[torch.Tensor] = []
+    with pytest.raises(FloatingPointError):
+        start_module._map_by_lbfgs(negative, torch.zeros(2, dtype=torch.float64), 50, path)
+    assert len(path) >= 1 and torch.equal(path[0], torch.zeros(2, dtype=torch.float64))
 
 
 def test_a_well_resolved_narrow_start_is_not_degenerate():

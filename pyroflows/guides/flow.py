@@ -32,7 +32,8 @@ class AutoFlow(AutoFlowGuide):
         init_scale: initial posterior scale in unconstrained space when starting from
             ``init_loc_fn`` (default 0.1).
         init: ``"laplace"`` (default): start at a Laplace approximation ``N(MAP, H⁻¹)`` found by
-            L-BFGS, when its ELBO beats the ``init_loc_fn`` start's; ``"median"``: start at the
+            L-BFGS, when its ELBO beats the ``init_loc_fn`` start's (where the search ends at
+            no usable mode, at a Gaussian on its path); ``"median"``: start at the
             ``init_loc_fn`` values with ``init_scale`` (see :mod:`pyroflows.guides.start`).
         **flow_options: passed to the family's builder (``hidden_dims``, ``num_bins``, ...).
 

@@ -15,6 +15,20 @@ is wrong), a Hessian with a non-positive diagonal, or a degenerate end point (a 
 below what the guide's dtype resolves at its coordinate: the bottom of a funnel, where the log
 joint grows without bound, not a mode), the ``init_loc_fn`` start.
 
+Path starts (after Pathfinder, Zhang, Carpenter, Gelman and Vehtari 2022, JMLR 23(306)): when
+the MAP search ends at no usable mode (it failed, or its end is degenerate, or the Hessian
+there is not positive definite: then its diagonal Laplace start competes too), but not on a
+subsampled plate, Gaussians ``N(z_k, H(z_k)⁻¹)`` at up to
+``PATH_MAX_STARTS`` points ``z_k`` of its path (the first, then every power of two, and the
+last) compete with the ``init_loc_fn`` start. Hierarchical models are the common case: the
+search runs down the funnel of a group scale towards zero (a horseshoe regression, eight
+schools centered, Neal's funnel) and passes through the posterior's bulk on its way. Pathfinder
+uses the L-BFGS inverse-Hessian estimate and picks the best Gaussian by ELBO; here the exact
+Hessian is taken at the chosen points instead, and the ELBO comparison below picks. On the
+development horseshoe regression with 42 dimensions the best path start has an ELBO of -139
+against -4613 for the ``init_loc_fn`` start (AutoNormal ends a 2000-step plain SVI loop at
+about -130).
+
 Several modes (multi-start MAP): up to ``MULTISTART_MAX_DIM`` dimensions, L-BFGS also runs from
 ``MULTISTART_COUNT`` more points ``z₀ + U(-2, 2)ᴰ`` around the ``init_loc_fn`` point ``z₀``
 (Stan's default initialization is ``U(-2, 2)`` on the unconstrained space) and from
@@ -73,6 +87,12 @@ SAME_MODE_BARRIER = 1.0
 MODE_MIN_SHARE = 0.01
 #: L-BFGS iterations for each extra start
 MULTISTART_MAX_ITERATIONS = 200
+#: at most this many points of the MAP search's path become candidate starts when the search
+#: ends at no usable mode
+PATH_MAX_STARTS = 12
+#: up to this many latent dimensions a path point's curvature is its full Hessian (``D``
+#: Hessian-vector products each), above it the diagonal by Hutchinson's estimator
+PATH_FULL_HESSIAN_MAX_DIM = 250
 
 
 @dataclass
@@ -80,7 +100,8 @@ class Start:
     """The start of a guide's affine stage.
 
     Attributes:
-        method: ``"laplace"`` (full Hessian), ``"laplace-diagonal"`` or ``"init_loc_fn"``.
+        method: ``"laplace"`` (full Hessian), ``"laplace-diagonal"``, ``"path<k>"`` (a
+            Gaussian at point ``k`` of the MAP search's path) or ``"init_loc_fn"``.
         loc: the unconstrained start point.
         scale: a lower-triangular matrix (full) or a vector (diagonal).
         reason: why this start was used (fallbacks name their cause).
@@ -97,8 +118,9 @@ class Start:
     @property
     def whiten(self) -> bool:
         """Whether the scale estimates the posterior's (so the guide learns in its whitened
-        coordinates): Laplace starts do, the ``init_loc_fn`` start's ``init_scale`` does not."""
-        return self.method.startswith("laplace")
+        coordinates): Laplace and path starts do, the ``init_loc_fn`` start's ``init_scale``
+        does not."""
+        return not self.method.startswith("init_loc_fn")
 
     def describe(self) -> str:
         return f"{self.method} ({self.reason})"
@@ -203,9 +225,10 @@ def _subsampled_plate(guide, args: tuple, kwargs: dict) -> str | None:
     return None
 
 
-def _map_by_lbfgs(objective, z0: torch.Tensor, max_iterations: int):
+def _map_by_lbfgs(objective, z0: torch.Tensor, max_iterations: int, path: list | None = None):
     """Minimizes ``objective`` (the negative log joint) from ``z0``; returns ``(z, value,
-    iterations)`` or raises ``FloatingPointError`` on a non-finite run."""
+    iterations)`` or raises ``FloatingPointError`` on a non-finite run. ``path``, if given,
+    receives every point evaluated with a finite value, in order (kept when the run fails)."""
     z = z0.detach().clone().requires_grad_(True)
     optimizer = torch.optim.LBFGS(
         [z],
@@ -223,6 +246,8 @@ def _map_by_lbfgs(objective, z0: torch.Tensor, max_iterations: int):
         value = objective(z)
         if not torch.isfinite(value):
             raise FloatingPointError(f"the log joint became {float(-value.detach())} during L-BFGS")
+        if path is not None:
+            path.append(z.detach().clone())
         value.backward()
         evaluations["count"] += 1
         return value
@@ -275,11 +300,19 @@ def _laplace_start(
     def negative(z):
         return -unconstrained_log_joint(guide, z, args, kwargs)
 
+    path: list[torch.Tensor] = []
+
+    def without_a_mode() -> list[Start]:
+        # the MAP search's end is no usable mode: Gaussians along its path compete instead
+        return _path_starts(negative, path, fallback.reason, init_loc.dtype) + [fallback]
+
     try:
-        z_map, value, evaluations = _map_by_lbfgs(negative, init_loc.to(dtype), max_iterations)
+        z_map, value, evaluations = _map_by_lbfgs(
+            negative, init_loc.to(dtype), max_iterations, path
+        )
     except (FloatingPointError, RuntimeError, ValueError) as error:
         fallback.reason = f"no Laplace start: the MAP search failed ({error})"
-        return [fallback]
+        return without_a_mode()
     details = {"lbfgs_evaluations": evaluations, "map_log_joint": -value}
     try:
         if dim <= full_hessian_max_dim:
@@ -290,7 +323,7 @@ def _laplace_start(
                 degenerate = _degenerate(z_map, covariance.diagonal().sqrt(), init_loc.dtype)
                 if degenerate is not None:
                     fallback.reason = degenerate
-                    return [fallback]
+                    return without_a_mode()
                 eigenvalues = torch.linalg.eigvalsh(hessian)
                 details["hessian_condition"] = float(eigenvalues[-1] / eigenvalues[0])
                 details["seconds"] = time.perf_counter() - start_time
@@ -311,7 +344,12 @@ def _laplace_start(
                 return starts + [fallback]
             curvature = hessian.diagonal()
             why = "the Hessian at the MAP is not positive definite; its diagonal is used"
+            # a saddle or a ridge, not a mode: Gaussians along the path compete as well
+            path_starts = _path_starts(
+                negative, path, "the Hessian at the MAP is not positive definite", init_loc.dtype
+            )
         else:
+            path_starts = []
             curvature = _hessian_diagonal(negative, z_map)
             why = (
                 f"{dim} latent dimensions > full_hessian_max_dim = {full_hessian_max_dim}: "
@@ -319,15 +357,15 @@ def _laplace_start(
             )
     except RuntimeError as error:
         fallback.reason = f"no Laplace start: the Hessian failed ({error})"
-        return [fallback]
+        return without_a_mode()
     details["seconds"] = time.perf_counter() - start_time
     if not bool((curvature > 0).all() and torch.isfinite(curvature).all()):
         fallback.reason = "no Laplace start: the curvature at the MAP is not positive"
-        return [fallback]
+        return without_a_mode()
     degenerate = _degenerate(z_map, curvature.rsqrt(), init_loc.dtype)
     if degenerate is not None:
         fallback.reason = degenerate
-        return [fallback]
+        return without_a_mode()
     laplace = Start(
         "laplace-diagonal",
         z_map.to(init_loc.dtype),
@@ -335,7 +373,66 @@ def _laplace_start(
         f"MAP by L-BFGS ({evaluations} evaluations); {why}",
         details,
     )
-    return [laplace, fallback]
+    return [laplace, *path_starts, fallback]
+
+
+def _path_indices(count: int) -> list[int]:
+    """Which of ``count`` path points become starts: the first, then geometrically spaced (1,
+    2, 4, …: the posterior's bulk may be anywhere along the path, from a funnel's neck that the
+    search leaves early to a blow-up near its end), and the last; at most ``PATH_MAX_STARTS``."""
+    if count == 0:
+        return []
+    early = [0] + [2**k for k in range(count.bit_length()) if 2**k < count - 1]
+    return sorted(set(early[: PATH_MAX_STARTS - 1]) | {count - 1})
+
+
+def _path_starts(negative, path: list[torch.Tensor], why: str, dtype: torch.dtype) -> list[Start]:
+    """Gaussian starts along the MAP search's path, for a search that ended at no usable mode
+    (after Pathfinder, Zhang et al. 2022, which keeps the best of such Gaussians by ELBO): at a
+    path point ``z_k`` the start is ``N(z_k, H(z_k)⁻¹)`` with the Hessian of the negative log
+    joint there (full up to ``PATH_FULL_HESSIAN_MAX_DIM`` dimensions, else its diagonal);
+    points where that is not positive definite (nor its diagonal positive) or is degenerate
+    are skipped. On a funnel the search passes through the posterior's bulk on its way down
+    the neck, and a Gaussian there is far closer to the posterior than ``init_scale`` at the
+    ``init_loc_fn`` point; the candidates' ELBOs decide (``AutoFlowGuide._choose_start``)."""
+    starts = []
+    for index in _path_indices(len(path)):
+        z = path[index]
+        try:
+            scale, sd, how = _local_gaussian_scale(negative, z)
+        except (RuntimeError, ValueError):
+            continue
+        if scale is None or _degenerate(z, sd, dtype) is not None:
+            continue
+        starts.append(
+            Start(
+                f"path{index}",
+                z.to(dtype),
+                scale.to(dtype),
+                f"{why}; instead a Gaussian at point {index} of the {len(path)} the MAP search "
+                f"evaluated, with the {how} there",
+                {"path_points": len(path), "path_index": index},
+            )
+        )
+    return starts
+
+
+def _local_gaussian_scale(negative, z: torch.Tensor):
+    """``(scale, sd, how)`` of ``N(z, H(z)⁻¹)``, or ``(None, None, None)`` where neither the
+    Hessian (up to ``PATH_FULL_HESSIAN_MAX_DIM`` dimensions) nor its diagonal is positive."""
+    if z.numel() <= PATH_FULL_HESSIAN_MAX_DIM:
+        hessian = _hessian_by_rows(negative, z)
+        if not bool(torch.isfinite(hessian).all()):
+            return None, None, None
+        covariance = _inverse_if_positive_definite(hessian)
+        if covariance is not None:
+            return torch.linalg.cholesky(covariance), covariance.diagonal().sqrt(), "Hessian"
+        curvature = hessian.diagonal()
+    else:
+        curvature = _hessian_diagonal(negative, z)
+    if not bool((curvature > 0).all() and torch.isfinite(curvature).all()):
+        return None, None, None
+    return curvature.rsqrt(), curvature.rsqrt(), "Hessian's diagonal"
 
 
 def _inverse_if_positive_definite(hessian: torch.Tensor) -> torch.Tensor | None:

@@ -397,7 +397,7 @@ def fit(
       for the multimodal families;
     * ``compare_start=True``: the fit never ends worse than it started. After the last step the
       fitted guide and its start (the parameters before the first step: for pyroflows guides
-      the Laplace approximation, or the ``init_loc_fn`` start) are scored on the same
+      the Laplace approximation, a path start or the ``init_loc_fn`` start) are scored on the same
       ``START_CHECK_DRAWS`` (2000) standard-normal draws; if the start's ELBO is higher by more
       than ``START_CHECK_SES`` (3) standard errors of the paired difference, the start's
       parameters are put back (``settings["start_check"]`` records the comparison either way).
