@@ -283,11 +283,14 @@ def test_a_process_killed_with_sigkill_resumes_from_its_checkpoint(tmp_path):
 
 
 def test_a_checkpoint_of_another_version_is_refused(tmp_path):
-    """Version 1 checkpoints predate the guides' fixed step scales: their weights would load
-    into another distribution, so they are refused with the versions named."""
+    """Version 1 checkpoints predate the guides' fixed step scales, version 2 AutoIAF's: their
+    weights would load into another distribution, so they are refused with the versions
+    named."""
     path = tmp_path / "old.pt"
-    torch.save({"format": checkpoint_module.FORMAT, "version": 1}, path)
-    with pytest.raises(
-        CheckpointError, match="version 1 checkpoint; this pyroflows reads version 2"
-    ):
-        checkpoint_module.load_checkpoint(path)
+    for old_version in (1, 2):
+        torch.save({"format": checkpoint_module.FORMAT, "version": old_version}, path)
+        with pytest.raises(
+            CheckpointError,
+            match=f"version {old_version} checkpoint; this pyroflows reads version 3",
+        ):
+            checkpoint_module.load_checkpoint(path)

@@ -139,14 +139,14 @@ def test_fit_undoes_the_scale_and_the_plain_loop_keeps_it():
         (pyroflows.AutoNSF, 0.1),
         (pyroflows.AutoRealNVP, 0.3),
         (pyroflows.AutoNICE, 0.3),
-        (pyroflows.AutoIAF, 1.0),
+        (pyroflows.AutoIAF, 0.1),
     ],
 )
 def test_the_guides_default_scales_and_a_flow_outside_a_guide_keeps_the_plain_step(
     guide_class, scale
 ):
-    """The scale is a guide default (the non-affine autoregressive families 0.1, the coupling
-    families 0.3, AutoIAF none: see ``pyroflows.transforms.registry``); ``make_flow`` outside a
+    """The scale is a guide default (the sampling-direction autoregressive families 0.1, the
+    coupling families 0.3: see ``pyroflows.transforms.registry``); ``make_flow`` outside a
     guide (density estimation) builds conditioners without it."""
     pyro.clear_param_store()
     guide = guide_class(_funnel)

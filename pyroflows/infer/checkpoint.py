@@ -41,8 +41,9 @@ __all__ = [
 FORMAT = "pyroflows-fit-checkpoint"
 #: 2: the guides' fixed step scales (a conditioner's ``output_step_scale``) change what stored
 #: weights mean, so a version 1 checkpoint of those guides would load into another
-#: distribution; it is refused instead
-VERSION = 2
+#: distribution; it is refused instead. 3: AutoIAF's outputs are scaled too (0.1, was 1), so a
+#: version 2 checkpoint of an AutoIAF guide would load into another distribution
+VERSION = 3
 
 
 class CheckpointError(ValueError):

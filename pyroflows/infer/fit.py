@@ -352,8 +352,8 @@ def fit(
       from the winning pilot's state; pyroflows guides learn in the whitened coordinates of
       their start, so this grid fits posteriors of any scale. Every step size applies to the
       whole guide: the fixed factors ``s`` by which a guide makes some parameters step less
-      far in the user's own loop (a conditioner's ``output_step_scale``, AutoNAF and AutoNSF
-      0.1, AutoRealNVP and AutoNICE 0.3, :class:`pyroflows.nn.MADE`) are undone by giving
+      far in the user's own loop (a conditioner's ``output_step_scale``, AutoIAF, AutoNAF and
+      AutoNSF 0.1, AutoRealNVP and AutoNICE 0.3, :class:`pyroflows.nn.MADE`) are undone by giving
       those parameters ``lr / s``, so ``fit`` trains them as it did before the factors existed
       (the accuracy benchmark's fits stand);
     * ``steps="auto"``: runs until the free energy stops improving by more than its Monte Carlo

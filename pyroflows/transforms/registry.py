@@ -288,6 +288,22 @@ def coupling_stack(
 _AR_DENSITY = "1 pass (MADE)"
 _AR_SEQUENTIAL = "D sequential passes"
 
+#: the output step scale (pyroflows.nn.MADE's output_step_scale) of the guides of the
+#: sampling-direction autoregressive families (iaf, naf, nsf): in a user's own Adam loop their
+#: transformers' parameters move a tenth as far per step; fit gives those outputs lr / 0.1 and
+#: so trains them as before. Chosen on the development targets of
+#: benchmarks/bench_plain_loop.py (the README's loop, Adam 1e-2, 2000 steps, 2 seeds;
+#: F - F(AutoNormal), 1 -> 0.3 -> 0.1): AutoNSF on the 5-D funnel +0.52/+0.98 -> -0.19/+0.28 ->
+#: -0.26/-0.004, on the two two-mode targets +0.09..+0.26 -> +0.02..+0.07 -> -0.004..+0.04;
+#: AutoNAF on the funnel -0.51/+11.3 (a blow-up) -> -0.16/-0.62 -> -0.67/-0.74; both better on
+#: the regressions, AutoNAF slightly worse on the banana (-0.47/-0.49 -> -0.39/-0.49). AutoIAF
+#: kept 1 until the path starts (pyroflows.guides.start): from them its loop blew up on the
+#: horseshoe_42 stress model (seed 0, step 1868) and ended 64 and 299 nats above AutoNormal on
+#: horseshoe_102; with 0.3 -2.2/-3.1 and -6.6/+4.3, with 0.1 -4.1/-4.8 and -8.3/-7.3, its 5-D
+#: funnel -0.47/-0.61 -> -0.69/-0.65, at a cost on the 2-D banana (-0.58/-0.54 -> -0.25/-0.21)
+#: (benchmarks/results/plain_loop_dev_iaf_step_scale_cpu.txt)
+AUTOREGRESSIVE_OUTPUT_STEP_SCALE = 0.1
+
 #: what the families with a sampling (IAF) direction share. A guide's affine stage is full rank
 #: (see pyroflows.transforms.AffineStage): the MADE's direct linear path would duplicate it;
 #: measured on the development targets, dropping it lowered the KL (10-D regression 0.031 ->
@@ -295,34 +311,21 @@ _AR_SEQUENTIAL = "D sequential passes"
 #: effective fan-in of 16 (pyroflows.nn.MADE's output_fan_in_cap, the narrowest default width):
 #: the default widths grow with D, and with plain weights the README's plain SVI loop (Adam
 #: 1e-2) turned AutoNAF NaN on a horseshoe regression with D = 102 at steps 29-45 (3 of 3
-#: seeds; benchmarks/results/plain_loop_horseshoe_cpu_before.txt)
+#: seeds; benchmarks/results/plain_loop_horseshoe_cpu_before.txt); outputs scaled by
+#: AUTOREGRESSIVE_OUTPUT_STEP_SCALE
 _SAMPLING_AUTOREGRESSIVE = {
     "one_pass_sampling": True,
-    "guide_defaults": {"skip_connection": False, "output_fan_in_cap": 16},
+    "guide_defaults": {
+        "skip_connection": False,
+        "output_fan_in_cap": 16,
+        "output_step_scale": AUTOREGRESSIVE_OUTPUT_STEP_SCALE,
+    },
 }
 
-#: the output step scale (pyroflows.nn.MADE's output_step_scale) of the guides of the
-#: non-affine autoregressive families (naf, nsf): in a user's own Adam loop their transformers'
-#: parameters move a tenth as far per step; fit gives those outputs lr / 0.1 and so trains them
-#: as before. Chosen on the development targets of benchmarks/bench_plain_loop.py (the README's
-#: loop, Adam 1e-2, 2000 steps, 2 seeds; F - F(AutoNormal), 1 -> 0.3 -> 0.1): AutoNSF on the
-#: 5-D funnel +0.52/+0.98 -> -0.19/+0.28 -> -0.26/-0.004, on the two two-mode targets
-#: +0.09..+0.26 -> +0.02..+0.07 -> -0.004..+0.04; AutoNAF on the funnel -0.51/+11.3 (a blow-up)
-#: -> -0.16/-0.62 -> -0.67/-0.74; both better on the regressions, AutoNAF slightly worse on the
-#: banana (-0.47/-0.49 -> -0.39/-0.49)
-NONAFFINE_OUTPUT_STEP_SCALE = 0.1
 #: the same for the coupling guides (realnvp, nice); 0.3 chosen the same way: AutoRealNVP's
 #: funnel -0.23/+0.51 -> -0.18/-0.27 (0.1: -0.09/-0.40), its banana -0.65/-0.55 -> -0.48/-0.48;
 #: AutoNICE, which lost nowhere on these targets, within 0.1 either way
 COUPLING_OUTPUT_STEP_SCALE = 0.3
-
-_NONAFFINE_AUTOREGRESSIVE = {
-    **_SAMPLING_AUTOREGRESSIVE,
-    "guide_defaults": {
-        **_SAMPLING_AUTOREGRESSIVE["guide_defaults"],
-        "output_step_scale": NONAFFINE_OUTPUT_STEP_SCALE,
-    },
-}
 
 #: what the coupling families share: one MLP pass per layer both ways. A guide's conditioner
 #: output rows are capped at an effective fan-in of 16, as for the sampling-direction families
@@ -388,7 +391,7 @@ register_flow(
     inverse="bisection per pass",
     identity_at_init=False,
     multimodal=True,
-    **_NONAFFINE_AUTOREGRESSIVE,
+    **_SAMPLING_AUTOREGRESSIVE,
 )
 def _build_naf(
     dim,
@@ -417,7 +420,7 @@ def _build_naf(
     density_cost=_AR_SEQUENTIAL + " (direction='iaf'); 1 pass with direction='maf' or coupling",
     inverse="closed form (quadratic root) per pass",
     multimodal=True,
-    **_NONAFFINE_AUTOREGRESSIVE,
+    **_SAMPLING_AUTOREGRESSIVE,
 )
 def _build_nsf(
     dim,
