@@ -195,9 +195,15 @@ def test_khat_flags_a_diagonal_gaussian_on_a_correlated_posterior():
 
 
 def test_khat_passes_a_flow_guide_on_the_same_posterior():
+    """AutoIAF fits this Gaussian to within about 1e-5 nats, so its log weights are as good as
+    constant and k-hat, the shape of their tail, is noise: 0.35 with AutoIAF's output step
+    scale 1 and 2.0 with 0.1, on fits that both end within 1e-5 nats of the posterior. Such a
+    fit must not be called "unreliable" (the diagonal Gaussian above is); k-hat is either small
+    or the weights nearly equal (an ESS of nearly every draw)."""
     pyro.set_rng_seed(2)
     good = pyroflows.diagnose(correlated, _fit(pyroflows.AutoIAF), num_samples=4000)
-    assert good.khat < 0.5 and good.verdict == "good"
+    assert good.verdict in ("good", "ok") and good.khat_verdict in ("good", "ok")
+    assert good.khat < 0.5 or good.ess > 0.95 * good.num_samples
     assert good.ess > 0.5 * good.num_samples
     # log Z = 0 here: the bounds sandwich it
     assert good.elbo < 0.0 + 3 * good.elbo_se
