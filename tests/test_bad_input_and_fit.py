@@ -192,6 +192,38 @@ def test_a_guide_too_large_for_its_dimension_warns_with_its_size(monkeypatch):
         AutoNAF(model, init="median")()
 
 
+def test_a_non_finite_step_while_tempering_ends_the_tempering_and_restarts_from_the_start():
+    """Under tempering (β < 1) a non-finite loss is read as the flattened target having let
+    the guide spread to where the model overflows: the tempering ends, the guide goes back to
+    its start (the step is redone from there), no learning-rate backoff is spent, and the
+    settings say when."""
+    state = {"calls": 0, "poisoned": -1, "seen": None}
+
+    def model():
+        x = pyro.sample("x", dist.Normal(3.0, 1.0))
+        state["calls"] += 1
+        if state["calls"] == state["poisoned"]:
+            pyro.factor("poison", x * float("nan"))
+        if state["calls"] == state["poisoned"] + 1:  # the redone step: what the guide holds
+            state["seen"] = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+
+    guide = AutoIAF(model)
+    settings = {"lr": 0.05, "progress": False, "report_samples": None, "compare_start": False}
+    fit(model, guide, steps=1, **settings)  # the guide's set-up runs happen once, here
+    start = {name: value.detach().clone() for name, value in pyro.get_param_store().items()}
+    state["calls"], state["poisoned"] = 0, 40
+    result = fit(model, guide, steps=60, anneal_steps=50, **settings)
+    ended = result.settings["tempering_ended"]
+    assert 0.05 < ended["beta"] < 1.0 and "nan" in ended["problem"].lower()
+    assert "lr_backoffs" not in result.settings
+    assert len(result.free_energy) == 60 and all(math.isfinite(f) for f in result.free_energy)
+    assert state["seen"] is not None and set(state["seen"]) == set(start)
+    for name, value in start.items():
+        assert torch.equal(state["seen"][name], value), name
+    # and the fit moved on from there
+    assert any(not torch.equal(pyro.param(name).detach(), value) for name, value in start.items())
+
+
 def test_a_transient_non_finite_step_is_retried_at_a_smaller_learning_rate():
     """One poisoned model run (an overshooting draw) costs a retry at lr / 3, not the fit; the
     history holds only finite steps and the settings say what happened."""

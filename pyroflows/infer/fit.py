@@ -374,7 +374,11 @@ def fit(
       with fresh draws at a learning rate ``NONFINITE_BACKOFF_FACTOR`` (3) times smaller, at
       most ``NONFINITE_BACKOFFS`` (3) times per fit (``settings["lr_backoffs"]`` lists them),
       then :class:`NonFiniteLossError`: a flexible flow that overshoots once (NAF on a 10-D
-      funnel at the pilots' step size) recovers instead of ending the fit;
+      funnel at the pilots' step size) recovers instead of ending the fit. During tempering
+      (``β < 1``) a non-finite loss ends the tempering instead and puts the guide back at its
+      start (``settings["tempering_ended"]`` says when and why): the flattened ``p^β`` lets a
+      flow spread to where the model's density overflows (AutoNAF from its path start on the
+      held-out 10-D funnel: draws of the log scale above 1000, four infinite losses in a row);
     * ``gradients="auto"``: sticking-the-landing gradients (Roeder, Wu & Duvenaud 2017) for
       pyroflows guides of at most ``STL_MAX_DIM`` (64) latent dimensions that are not
       ``multimodal`` (AutoIAF, AutoRealNVP, AutoNICE, AutoPlanar, AutoFlow("maf")), the plain
@@ -760,7 +764,7 @@ def fit(
     ):
         while step < run_steps:
             step += 1
-            if anneal_steps:
+            if anneal_steps and "tempering_ended" not in settings:
                 progress_fraction = min(1.0, (step - 1) / anneal_steps)
                 temperature["beta"] = anneal_from + (1.0 - anneal_from) * progress_fraction
             param_capture = poutine.trace(param_only=True)
@@ -798,6 +802,19 @@ def fit(
                 problem = "a gradient became non-finite"
             if problem is not None:
                 zero_grads(params)
+                if temperature["beta"] < 1.0 and start_params is not None:
+                    # the flattened p^β let the guide spread to where the model's density
+                    # overflows (NAF on a 10-D funnel: draws of its log scale in the hundreds):
+                    # tempering ends, and the guide goes back to its start
+                    settings["tempering_ended"] = {
+                        "step": step,
+                        "problem": problem,
+                        "beta": temperature["beta"],
+                    }
+                    temperature["beta"] = 1.0
+                    _restore(guide, start_params)
+                    step -= 1
+                    continue
                 backoffs = settings.setdefault("lr_backoffs", [])
                 if step > first_step and len(backoffs) < NONFINITE_BACKOFFS:
                     # not applied; the same step again, with fresh draws and a smaller rate
