@@ -270,8 +270,9 @@ def laplace_start(
     full_hessian_max_dim: int = FULL_HESSIAN_MAX_DIM,
     max_iterations: int = 500,
 ) -> list[Start]:
-    """The candidate starts, best first by construction: a Laplace start (or nothing, when it
-    is impossible) followed by the ``init_loc_fn`` start. See the module docstring. The global
+    """The candidate starts: the Laplace start of each mode found (or none, when the MAP search
+    ends at no usable mode), path starts where it does (or where the Hessian at the MAP is
+    not positive definite), and last the ``init_loc_fn`` start. See the module docstring. The global
     random state is left as it was (the model runs it takes may draw)."""
     state = get_rng_state()
     try:
