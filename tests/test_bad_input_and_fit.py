@@ -195,8 +195,8 @@ def test_a_guide_too_large_for_its_dimension_warns_with_its_size(monkeypatch):
 def test_a_non_finite_step_while_tempering_ends_the_tempering_and_restarts_from_the_start():
     """Under tempering (β < 1) a non-finite loss is read as the flattened target having let
     the guide spread to where the model overflows: the tempering ends, the guide goes back to
-    its start (the step is redone from there), no learning-rate backoff is spent, and the
-    settings say when."""
+    its start (the step is redone from there) with a fresh optimizer, no learning-rate backoff
+    is spent, and the settings say when."""
     state = {"calls": 0, "poisoned": -1, "seen": None}
 
     def model():
@@ -220,6 +220,12 @@ def test_a_non_finite_step_while_tempering_ends_the_tempering_and_restarts_from_
     assert state["seen"] is not None and set(state["seen"]) == set(start)
     for name, value in start.items():
         assert torch.equal(state["seen"][name], value), name
+    # Adam's moments restarted there too: every parameter's optimizer has counted only the
+    # steps after the tempering ended (steps are numbered from 1)
+    applied_after = len(result.free_energy) - (ended["step"] - 1)
+    assert 0 < applied_after < len(result.free_energy)
+    for name, optimizer_state in result.optimizer_state.items():
+        assert [s["step"] for s in optimizer_state["state"].values()] == [applied_after], name
     # and the fit moved on from there
     assert any(not torch.equal(pyro.param(name).detach(), value) for name, value in start.items())
 

@@ -376,9 +376,10 @@ def fit(
       then :class:`NonFiniteLossError`: a flexible flow that overshoots once (NAF on a 10-D
       funnel at the pilots' step size) recovers instead of ending the fit. During tempering
       (``β < 1``) a non-finite loss ends the tempering instead and puts the guide back at its
-      start (``settings["tempering_ended"]`` says when and why): the flattened ``p^β`` lets a
-      flow spread to where the model's density overflows (AutoNAF from its path start on the
-      held-out 10-D funnel: draws of the log scale above 1000, four infinite losses in a row);
+      start, with a fresh optimizer (``settings["tempering_ended"]`` says when and why): the
+      flattened ``p^β`` lets a flow spread to where the model's density overflows (AutoNAF
+      from its path start on the held-out 10-D funnel: draws of the log scale above 1000,
+      four infinite losses in a row);
     * ``gradients="auto"``: sticking-the-landing gradients (Roeder, Wu & Duvenaud 2017) for
       pyroflows guides of at most ``STL_MAX_DIM`` (64) latent dimensions that are not
       ``multimodal`` (AutoIAF, AutoRealNVP, AutoNICE, AutoPlanar, AutoFlow("maf")), the plain
@@ -805,7 +806,8 @@ def fit(
                 if temperature["beta"] < 1.0 and start_params is not None:
                     # the flattened p^β let the guide spread to where the model's density
                     # overflows (NAF on a 10-D funnel: draws of its log scale in the hundreds):
-                    # tempering ends, and the guide goes back to its start
+                    # tempering ends, and the guide goes back to its start with a fresh Adam,
+                    # whose moments would otherwise still carry the tempered run's gradients
                     settings["tempering_ended"] = {
                         "step": step,
                         "problem": problem,
@@ -813,6 +815,7 @@ def fit(
                     }
                     temperature["beta"] = 1.0
                     _restore(guide, start_params)
+                    optim = _adam(guide, schedule.lr_at(step), clip_norm)
                     step -= 1
                     continue
                 backoffs = settings.setdefault("lr_backoffs", [])
