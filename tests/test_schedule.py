@@ -103,6 +103,23 @@ def test_the_verdict_combines_khat_convergence_and_the_gap():
     assert result(0.3, None).verdict == "good"  # too short to judge: k-hat alone
 
 
+def test_weights_collapsed_onto_a_few_draws_are_unreliable_whatever_khat_says():
+    """An ESS below MIN_ESS_FRACTION (2.5%) of the draws: 100 of 4000 is the boundary."""
+    from pyroflows.diagnostics.free_energy import MIN_ESS_FRACTION
+
+    def report(khat, ess):
+        return FreeEnergyReport(1.0, 0.01, -0.9, 0.1, khat, ess, 4000)
+
+    assert MIN_ESS_FRACTION * 4000 == pytest.approx(100.0)
+    for khat in (0.3, 0.6):
+        assert report(khat, 99.0).collapsed_weights
+        assert report(khat, 99.0).verdict == "unreliable"
+        assert not report(khat, 101.0).collapsed_weights
+        assert report(khat, 101.0).verdict == ("good" if khat < 0.5 else "ok")
+    result = FitResult(None, np.zeros(3), 1.0, report(0.3, 50.0), converged=True)
+    assert result.verdict == "unreliable"  # fit's verdict: the same rule
+
+
 def gaussian_model():
     pyro.sample("z", dist.Normal(torch.tensor([3.0, -1.0]), torch.tensor([0.5, 2.0])).to_event(1))
 

@@ -74,9 +74,10 @@ def to_inference_data(
     ArviZ's multi-chain summaries (R-hat, ESS) run; R-hat near 1 is expected, not evidence.
     ``attrs`` record the guide class, its settings, the free energy, the importance-weighted
     bound and k-hat from the same draws, the verdict (:func:`diagnose`'s without a fit result:
-    k-hat's, "unreliable" where the guide misses a mode that its multi-start start found, at
-    most "ok" where the IW bound sits more than half of log 2 above the ELBO) and, where it
-    found several modes, the missed mass and its error (:mod:`pyroflows.diagnostics.modes`).
+    k-hat's, "unreliable" where the guide misses a mode that its multi-start start found or
+    its weights collapse onto a few draws (ESS below 2.5%), at most "ok" where the IW bound
+    sits more than half of log 2 above the ELBO) and, where it found several modes, the missed
+    mass and its error (:mod:`pyroflows.diagnostics.modes`).
 
     Args:
         model, guide: a model and the guide fitted to it; ``*args, **kwargs`` are the model's.

@@ -108,7 +108,8 @@ class FitResult:
         free energy was still falling when it stopped is ``"not converged"`` (k-hat, computed
         from a guide that is still moving, says nothing about the posterior it is moving to);
         one whose report suspects a missed mode is at best ``"ok"``, and one that misses a
-        mode the multi-start MAP found is ``"unreliable"``. See :data:`VERDICT_RULE`.
+        mode the multi-start MAP found, or whose weights collapse onto a few draws (ESS below
+        2.5% of them), is ``"unreliable"``. See :data:`VERDICT_RULE`.
         """
         if self.report is None:
             return "no report"
