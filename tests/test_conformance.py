@@ -31,6 +31,7 @@ from pyro.infer.autoguide import (
 from pyro.infer.reparam import NeuTraReparam
 
 from pyroflows import available_guides, make_guide
+from pyroflows.guides.base import STATE_FORMAT, AutoFlowGuide
 
 CONTROL = "pyro-diagonal"
 GUIDE_NAMES = [*available_guides(), CONTROL]
@@ -186,7 +187,10 @@ def test_state_dict_round_trip(name):
     guide = build(name, local_latent_model)
     svi_steps(local_latent_model, guide, data, steps=5)
     buffer = io.BytesIO()
-    torch.save(guide.state_dict(), buffer)
+    state = guide.state_dict()
+    if isinstance(guide, AutoFlowGuide):
+        assert int(state["_extra_state"]) == STATE_FORMAT
+    torch.save(state, buffer)
     expected = _sample_with_seed(guide, data)
 
     pyro.clear_param_store()
@@ -197,6 +201,26 @@ def test_state_dict_round_trip(name):
     actual = _sample_with_seed(restored, data)
     for site_name in expected:
         assert torch.equal(actual[site_name], expected[site_name]), site_name
+
+
+def test_a_state_dict_of_another_format_is_refused_with_what_to_do():
+    """Stored numbers whose meaning changed (AutoIAF's outputs scaled by 0.1 in 0.2) would
+    load silently into another distribution: a state_dict without a format (saved before
+    0.2) or with another one is refused, unless the user asks for strict=False."""
+    data = torch.randn(3, 4)
+    guide = build("iaf", local_latent_model)
+    svi_steps(local_latent_model, guide, data, steps=2)
+    state = guide.state_dict()
+    unversioned = {k: v for k, v in state.items() if k != "_extra_state"}
+    with pytest.raises(ValueError, match="no pyroflows state format.*Refit the guide"):
+        guide.load_state_dict(unversioned)
+    other = {**state, "_extra_state": torch.tensor(STATE_FORMAT + 1)}
+    with pytest.raises(ValueError, match=f"format {STATE_FORMAT + 1}.*reads format"):
+        guide.load_state_dict(other)
+    name = next(k for k in unversioned if k.endswith("shift"))
+    unversioned[name] = unversioned[name] + 1.0
+    guide.load_state_dict(unversioned, strict=False)  # the user's explicit choice
+    assert torch.equal(guide.state_dict()[name], unversioned[name])
 
 
 @guide_names

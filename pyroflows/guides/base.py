@@ -61,6 +61,11 @@ LAPLACE_SHRINK_FACTORS = (0.5, 0.25)
 #: two moments, training holds about four float32 copies (1.6 GB at 100M parameters) plus
 #: the activations of every particle
 LARGE_GUIDE_PARAMETERS = 100_000_000
+#: what a guide's ``state_dict()`` records as its ``_extra_state`` and ``load_state_dict``
+#: checks: the same stored numbers must mean the same distribution. Bump it whenever they
+#: stop doing so (as a conditioner's ``output_step_scale`` did: AutoIAF's 0.1, pyroflows 0.2,
+#: puts a tenth of each stored output weight into the flow). 1: the first versioned format
+STATE_FORMAT = 1
 
 
 class LargeGuideWarning(UserWarning):
@@ -176,6 +181,42 @@ class AutoFlowGuide(AutoContinuous):
             return False
         elbo = calling_elbo()
         return elbo is not None and path_gradient_problem(elbo) is None
+
+    # ---- a versioned state_dict ---------------------------------------------------------------
+
+    def get_extra_state(self) -> torch.Tensor:
+        """What ``state_dict()`` stores beside the parameters (as ``_extra_state``): the
+        :data:`STATE_FORMAT` of the numbers, as a tensor, so that code which treats every
+        entry of a ``state_dict`` as a tensor (``.cpu()``, broadcasting) keeps working."""
+        return torch.tensor(STATE_FORMAT)
+
+    def set_extra_state(self, state: object) -> None:
+        """Refuses a ``state_dict`` whose numbers would mean another distribution here."""
+        found = state
+        if isinstance(state, torch.Tensor) and state.numel() == 1:
+            found = int(state)
+        if found != STATE_FORMAT:
+            raise ValueError(
+                f"this state_dict has pyroflows state format {found!r}, and "
+                f"{type(self).__name__} reads format {STATE_FORMAT}: its stored numbers would "
+                "load into another distribution. Refit the guide, or load the state with the "
+                "pyroflows version that saved it"
+            )
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """``nn.Module.load_state_dict``, refusing (with ``strict``) a ``state_dict`` without a
+        pyroflows state format: one saved before 0.2, whose numbers can mean another
+        distribution here. (Inside another module's ``state_dict``, e.g. a Lightning
+        checkpoint, torch reports the missing ``_extra_state`` entry itself.)"""
+        if strict and "_extra_state" not in state_dict:
+            raise ValueError(
+                f"this state_dict has no pyroflows state format (no '_extra_state' entry): it "
+                f"was saved by a pyroflows before 0.2, whose stored numbers can mean another "
+                f"distribution in this {type(self).__name__} (AutoIAF's conditioner outputs "
+                "are now scaled by 0.1). Refit the guide, or pass strict=False to load it "
+                "anyway, at your own risk"
+            )
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def __getstate__(self):
         # like Pyro's AutoGuide, which drops its (init-wrapped) model: models need not pickle
