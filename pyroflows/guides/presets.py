@@ -9,6 +9,7 @@ from pyro.infer.autoguide.initialization import init_to_median
 
 from pyroflows.guides.flow import AutoFlow
 from pyroflows.guides.registry import register_guide
+from pyroflows.transforms.registry import NSF_GUIDE_BOUND, NSF_GUIDE_NUM_BINS
 
 __all__ = ["AutoIAF", "AutoNAF", "AutoNICE", "AutoNSF", "AutoPlanar", "AutoRealNVP"]
 
@@ -216,8 +217,11 @@ class AutoNSF(_Preset):
     Args:
         model: a Pyro model with continuous latent sites.
         num_transforms: spline layers (default 2).
-        num_bins: spline bins per coordinate (default 8).
-        bound: half-width of the spline's interval (default 4).
+        num_bins: spline bins per coordinate (default 16).
+        bound: half-width of the spline's interval (default 8: the affine stage's scale is
+            the posterior's, so the spline shapes up to 8 of its sds either side; with 8 bins
+            on ``[-4, 4]``, pyroflows 0.1's defaults, a plain SVI loop missed the left tail of a
+            hierarchy's log scale, see ``pyroflows.transforms.registry.NSF_GUIDE_BOUND``).
         structure: ``"autoregressive"`` (default) or ``"coupling"``.
         hidden_dims: hidden widths of each conditioner (default one layer of ``3 D + 1``).
         permutation: orderings between autoregressive layers.
@@ -231,8 +235,8 @@ class AutoNSF(_Preset):
     options = {
         "num_transforms": 2,
         "hidden_dims": None,
-        "num_bins": 8,
-        "bound": 4.0,
+        "num_bins": NSF_GUIDE_NUM_BINS,
+        "bound": NSF_GUIDE_BOUND,
         "structure": "autoregressive",
         "permutation": "reverse",
     }
