@@ -73,7 +73,9 @@ def to_inference_data(
     The guide's draws are independent, so they are split into ``num_chains`` chains only so that
     ArviZ's multi-chain summaries (R-hat, ESS) run; R-hat near 1 is expected, not evidence.
     ``attrs`` record the guide class, its settings, the free energy, the importance-weighted
-    bound and k-hat from the same draws, the verdict (:func:`diagnose`'s without a fit result:
+    bound and k-hat from the same draws (``khat_draws`` where a "good" k-hat near 0.5 was
+    rechecked on four times as many: :mod:`pyroflows.diagnostics.khat_recheck`), the verdict
+    (:func:`diagnose`'s without a fit result:
     k-hat's, "unreliable" where the guide misses a mode that its multi-start start found or
     its weights collapse onto a few draws (ESS below 2.5%), at most "ok" where the IW bound
     sits more than half of log 2 above the ELBO) and, where it found several modes, the missed
@@ -121,7 +123,9 @@ def to_inference_data(
         )
     _check_coords_and_dims(coords, dims, draws)
     report, smoothed = draws.weigh(args, kwargs)
-    report = with_coverage_checks(report, guide, args, kwargs)
+    report = with_coverage_checks(
+        report, guide, args, kwargs, log_weights=draws.log_weights.double()
+    )
     coverage = report.mode_coverage
     user_dims = {name: list(d) for name, d in (dims or {}).items()}
     variable_dims = {**{n: list(d) for n, d in draws.dims.items()}, **user_dims}
@@ -153,6 +157,7 @@ def to_inference_data(
         "free_energy_se": report.free_energy_se,
         "iw_bound": report.iw_bound,
         "khat": report.khat,
+        "khat_draws": report.khat_draws,
         "khat_verdict": report.khat_verdict,
         "verdict": combined_verdict(report),
         "defensive_iw_bound": report.defensive_iw_bound,

@@ -44,6 +44,11 @@ _EQUAL_WEIGHTS_HEAVY = (
     "shape of\n  their tail, is noise there, yet large; usable with care"
 )
 
+_RECHECKED = (
+    "k-hat read below 0.5 on the first draws, but not on four times as many (rechecked: near\n"
+    "  0.5 one set of draws can read either side of it): usable with care"
+)
+
 _CAPPED = (
     "k-hat < 0.5, but an IW bound (the guide's own or the defensive one) sits more than half of\n"
     "  log 2 above the ELBO (mass the guide covers thinly) or independent replicas of the fit\n"
@@ -88,10 +93,13 @@ def _unravel(index: int, shape: torch.Size) -> list[int]:
 
 @dataclass
 class Diagnosis:
-    """The numbers behind the verdict, all from the same ``num_samples`` draws (nats).
+    """The numbers behind the verdict, all from the same ``num_samples`` draws (nats), but for
+    a rechecked k-hat (``khat_draws``).
 
     Attributes:
-        khat: PSIS Pareto k-hat of the importance weights ``p(x, z) / q(z)``.
+        khat: PSIS Pareto k-hat of the importance weights ``p(x, z) / q(z)``; where it read
+            "good" within two standard errors of 0.5, from ``khat_draws`` draws: these and
+            more of the guide's (:mod:`pyroflows.diagnostics.khat_recheck`).
         verdict: k-hat's verdict (``"good"`` below 0.5, ``"ok"`` below 0.7, else
             ``"unreliable"``) combined with the other evidence by
             :data:`~pyroflows.diagnostics.free_energy.VERDICT_RULE`, as ``fit``'s: a missed
@@ -131,6 +139,8 @@ class Diagnosis:
     #: the fit's convergence evidence (``diagnose(..., result=)``), or None where not given
     convergence: str | None = None
     defensive_iw_bound: float | None = None
+    #: the draws k-hat was estimated from where a recheck pooled more (None: these draws)
+    khat_draws: int | None = None
 
     @property
     def collapsed_weights(self) -> bool:
@@ -151,6 +161,8 @@ class Diagnosis:
             why = _COLLAPSED
         elif self.verdict == "ok" and self.khat_verdict == "good":
             why = _CAPPED
+        elif self.verdict == "ok" and self.khat_draws is not None:
+            why = _RECHECKED
         elif self.verdict == "ok" and self.khat >= 0.7:
             why = _EQUAL_WEIGHTS_HEAVY
         elif self.verdict == "good" and self.khat >= 0.5:
@@ -159,7 +171,8 @@ class Diagnosis:
             why = _VERDICTS[self.verdict]
         convergence = self.convergence or "not known: pass result= (what fit returned)"
         lines = [
-            f"PSIS k-hat        {self.khat:.2f}  ({self.verdict})",
+            f"PSIS k-hat        {self.khat:.2f}  ({self.verdict})"
+            + ("" if self.khat_draws is None else f"  from {self.khat_draws} draws (rechecked)"),
             f"  {why}",
             f"convergence       {convergence}",
             f"ESS of weights    {self.ess:.0f} / {self.num_samples}",
@@ -262,7 +275,9 @@ def diagnose(
     elif draws.num_samples < MIN_KHAT_DRAWS:
         raise ValueError(f"draws hold {draws.num_samples} samples{_KHAT_WHY}")
     report, smoothed = draws.weigh(args, kwargs)
-    report = with_coverage_checks(report, guide, args, kwargs)
+    report = with_coverage_checks(
+        report, guide, args, kwargs, log_weights=draws.log_weights.double()
+    )
     count = draws.num_samples
     weights = torch.exp(smoothed)
     weights = weights / weights.sum()
@@ -291,6 +306,7 @@ def diagnose(
         khat_verdict=report.khat_verdict,
         convergence=convergence,
         defensive_iw_bound=report.defensive_iw_bound,
+        khat_draws=report.khat_draws,
     )
 
 

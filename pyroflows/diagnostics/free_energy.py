@@ -14,7 +14,9 @@ For a guide q and a model p(x, z), with importance weights ``w_s = p(x, z_s) / q
   no trace in its own weights,
 * the defensive IW bound (:mod:`pyroflows.diagnostics.defensive`): the evidence estimated from
   draws of the guide and of a Gaussian twice as wide, which also sees mass that the guide
-  covers only thinly.
+  covers only thinly,
+* where k-hat reads "good" within two of its standard errors of 0.5, k-hat again from four
+  times the draws (:mod:`pyroflows.diagnostics.khat_recheck`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from pyroflows._validation import (
 )
 from pyroflows.diagnostics import _arviz_compat
 from pyroflows.diagnostics.defensive import defensive_iw_bound
+from pyroflows.diagnostics.khat_recheck import needs_recheck, rechecked_khat
 from pyroflows.diagnostics.modes import ModeCoverage, mode_coverage
 from pyroflows.diagnostics.tracing import max_plate_nesting, trace_draws
 
@@ -137,15 +140,17 @@ MIN_ESS_FRACTION = 0.025
 
 #: how :func:`combined_verdict` (``FitResult.verdict``, ``diagnose``) weighs the evidence
 VERDICT_RULE = (
-    "k-hat >= 0.7 (on log weights with sd of at least 0.05), an ESS below 2.5% of the draws "
+    "k-hat >= 0.7 (on log weights with sd of at least 0.05; not after a recheck, below), an "
+    "ESS below 2.5% of the draws "
     "(weights collapsed onto a few draws), or a mode found by the "
     "multi-start MAP that the guide misses (at least 5% of the mass, 3 standard errors above "
     "0): unreliable; else a free energy still falling when the fit stopped: not converged; "
     "else 0.5 <= k-hat < 0.7 (with log-weight sd of at least 0.05), k-hat >= 0.7 on log "
     "weights with sd below 0.05, k-hat < 0.5 with an IW bound (the guide's own, or the "
     "defensive one from draws of the guide and of a Gaussian twice as wide) more than half of "
-    "log 2 above the ELBO, or independent replicas whose ELBOs disagree (by more than 0.05 "
-    "nats and 3 standard errors): ok; else good"
+    "log 2 above the ELBO, a k-hat that read below 0.5 (by at most two of its standard "
+    "errors) but at least 0.5 on four times the draws, or independent replicas whose ELBOs "
+    "disagree (by more than 0.05 nats and 3 standard errors): ok; else good"
 )
 
 
@@ -189,7 +194,9 @@ class FreeEnergyReport:
         iw_bound: the importance-weighted bound ``log mean(w)`` with ``num_samples`` draws.
         kl_lower_bound: ``iw_bound + free_energy`` (= IW bound - ELBO), a lower bound on
             KL(q || p); exact KL is ``log p(x) + F`` when the evidence is known.
-        khat: PSIS Pareto k-hat of the weights.
+        khat: PSIS Pareto k-hat of the weights; where the first draws' k-hat read "good"
+            within two standard errors of 0.5, from ``khat_draws`` draws
+            (:mod:`pyroflows.diagnostics.khat_recheck`).
         ess: effective sample size of the self-normalized weights, out of ``num_samples``.
         num_samples: the number of draws K.
         mode_coverage: where the guide's Laplace start found several modes, the check that
@@ -197,6 +204,8 @@ class FreeEnergyReport:
         defensive_iw_bound: the evidence estimated from draws of the guide and of a Gaussian
             twice as wide (:mod:`pyroflows.diagnostics.defensive`); ``None`` where not
             computed (not a pyroflows guide, more than 100 latent dimensions).
+        khat_draws: the draws k-hat was estimated from where a recheck pooled more than
+            ``num_samples`` (``None``: the report's own draws).
     """
 
     free_energy: float
@@ -208,6 +217,7 @@ class FreeEnergyReport:
     num_samples: int
     mode_coverage: ModeCoverage | None = None
     defensive_iw_bound: float | None = None
+    khat_draws: int | None = None
 
     @classmethod
     def from_log_weights(cls, log_weights: torch.Tensor) -> FreeEnergyReport:
@@ -255,8 +265,14 @@ class FreeEnergyReport:
         :data:`NEGLIGIBLE_LOG_WEIGHT_SD`) their tail's shape is noise, so a k-hat below 0.7 is
         good there and a larger one only ok ("check it": AutoIAF on a held-out linear
         regression, 0.04 sd from the reference with log-weight sd 0.026, had k-hat 0.82 and
-        0.89)."""
+        0.89). A k-hat rechecked on more draws (:attr:`khat_draws`) is good below 0.5 and
+        ok above: the first draws read it below 0.5, and the recheck confirms or demotes
+        that reading, no further."""
         equal_weights = self.log_weight_sd < NEGLIGIBLE_LOG_WEIGHT_SD
+        if self.khat_draws is not None:
+            # rechecked: the first draws read below 0.5, the pooled draws decide between good
+            # and ok (not unreliable: two readings on either side of 0.5, see khat_recheck)
+            return "good" if self.khat < 0.5 else "ok"
         if self.khat < 0.5:
             return "good"
         if self.khat < 0.7:
@@ -296,7 +312,13 @@ _ROWS = [
     ("free energy F = -ELBO", lambda r: f"{r.free_energy:.3f} ± {r.free_energy_se:.3f}"),
     ("IW bound log p̂(x)", lambda r: f"{r.iw_bound:.3f}"),
     ("gap (≤ KL(q‖p))", lambda r: f"{r.kl_lower_bound:.3f}"),
-    ("PSIS k-hat", lambda r: f"{r.khat:.2f} ({r.khat_verdict})"),
+    (
+        "PSIS k-hat",
+        lambda r: (
+            f"{r.khat:.2f} ({r.khat_verdict})"
+            + ("" if r.khat_draws is None else f", {r.khat_draws} draws")
+        ),
+    ),
     ("ESS of weights", lambda r: f"{r.ess:.0f} / {r.num_samples}"),
 ]
 _DEFENSIVE_ROW = (
@@ -393,20 +415,36 @@ def free_energy_report(
         model, guide, *args, num_samples=num_samples, batch_size=batch_size, **kwargs
     )
     check_log_weights(log_w, args, kwargs)
-    return with_coverage_checks(FreeEnergyReport.from_log_weights(log_w), guide, args, kwargs)
+    return with_coverage_checks(
+        FreeEnergyReport.from_log_weights(log_w), guide, args, kwargs, log_weights=log_w
+    )
 
 
 def with_coverage_checks(
-    report: FreeEnergyReport, guide: Callable, args: tuple, kwargs: dict
+    report: FreeEnergyReport,
+    guide: Callable,
+    args: tuple,
+    kwargs: dict,
+    log_weights: torch.Tensor | None = None,
 ) -> FreeEnergyReport:
     """``report`` with the checks that look beyond the guide's own draws: the mode coverage
-    (:mod:`pyroflows.diagnostics.modes`) and the defensive IW bound
-    (:mod:`pyroflows.diagnostics.defensive`), each ``None`` where it does not apply."""
-    return replace(
+    (:mod:`pyroflows.diagnostics.modes`), the defensive IW bound
+    (:mod:`pyroflows.diagnostics.defensive`), each ``None`` where it does not apply, and, given
+    the report's ``log_weights``, k-hat from four times the draws where the first read "good"
+    within its noise of 0.5 (:mod:`pyroflows.diagnostics.khat_recheck`)."""
+    report = replace(
         report,
         mode_coverage=mode_coverage(guide, args, kwargs),
         defensive_iw_bound=defensive_iw_bound(guide, args, kwargs),
     )
+    equal_weights = report.log_weight_sd < NEGLIGIBLE_LOG_WEIGHT_SD
+    if log_weights is None or not needs_recheck(report.khat, report.num_samples, equal_weights):
+        return report
+    rechecked = rechecked_khat(guide, log_weights, args, kwargs)
+    if rechecked is None:
+        return report
+    khat, draws = rechecked
+    return replace(report, khat=khat, khat_draws=draws)
 
 
 _KHAT_WHY = (
