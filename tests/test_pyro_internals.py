@@ -74,7 +74,12 @@ def test_scaled_clipped_adam_gives_each_parameter_its_step_size():
     assert rates[id(loc)] == 0.05
     assert optim.lr_multipliers[loc] == 0.5  # kept for whoever sets the rate later
     assert rates[id(guide.scale_unconstrained)] == 0.1
-    assert all(o.param_groups[0]["clip_norm"] == 5.0 for _, o in internals.torch_optimizers(optim))
+    # a multiplier c undoes a scale s = 1/c whose gradients are s times smaller: eps and the
+    # clip follow, so the scaled product steps exactly as an unscaled parameter
+    groups = {id(p): o.param_groups[0] for p, o in internals.torch_optimizers(optim)}
+    assert groups[id(loc)]["clip_norm"] == 10.0 and groups[id(loc)]["eps"] == 2e-8
+    other = groups[id(guide.scale_unconstrained)]
+    assert other["clip_norm"] == 5.0 and other["eps"] == 1e-8
 
 
 def test_give_local_param_state():
