@@ -355,7 +355,9 @@ def fit(
       whole guide: the fixed factors ``s`` by which a guide makes some parameters step less
       far in the user's own loop (a conditioner's ``output_step_scale``, AutoIAF, AutoNAF and
       AutoNSF 0.1, AutoRealNVP and AutoNICE 0.3, :class:`pyroflows.nn.MADE`) are undone by giving
-      those parameters ``lr / s``, so ``fit`` trains them as it did before the factors existed
+      those parameters ``lr / s`` (and Adam's ``eps`` and gradient clip times ``s``, as their
+      gradients are ``s`` times smaller), so ``fit`` trains them as it did before the factors
+      existed
       (the accuracy benchmark's fits stand);
     * ``steps="auto"``: runs until the free energy stops improving by more than its Monte Carlo
       error (checked every 100 steps, twice in a row, after at least 1000); each such stall
