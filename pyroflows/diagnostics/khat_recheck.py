@@ -16,10 +16,12 @@ the first one's (``M`` grows as ``√S``). The recheck only ever looks again whe
 would be "good", and decides only between "good" (below 0.5) and "ok": two readings on either
 side of 0.5 are not evidence for "unreliable". Everything else in the report comes from the
 first draws. The held-out fits that ``fit`` called "good" at k-hat 0.40–0.49 (the accuracy
-benchmark's seed 0), rechecked inside ``fit``: the funnel 0.62, "ok"; non-centered eight
+benchmark's seed 0), rechecked inside ``fit``: the funnel 0.63, "ok"; non-centered eight
 schools 0.45 (AutoIAF, 0.062 sd from NUTS) and 0.43 (AutoNAF, 0.051 sd), "good" both; iris
-(AutoIAF, 0.085 sd) 0.78, "ok". That guide's tail index is near 0.6 (40000 draws: 0.63), and
-ten sets of 4000 of its draws read 0.47–0.80: the first reading, 0.43, was the lucky one.
+(AutoIAF, 0.074 sd) 0.67, "ok". An iris guide of the same seed (0.085 sd, fitted before
+``fit`` scaled Adam's ``eps`` with the step scale) had a tail index near 0.6 (40000 draws:
+0.63), and ten sets of 4000 of its draws read 0.47–0.80: the first reading, 0.43, was the
+lucky one.
 
 The extra draws come from the guide's own forward pass with a generator of their own (the
 global random state is left as it was), in chunks, and are scored by the same unconstrained
