@@ -438,11 +438,13 @@ NSF_GUIDE_BOUND = 8.0
     density_cost=_AR_SEQUENTIAL + " (direction='iaf'); 1 pass with direction='maf' or coupling",
     inverse="closed form (quadratic root) per pass",
     multimodal=True,
-    one_pass_sampling=True,
-    guide_defaults={
-        **_SAMPLING_AUTOREGRESSIVE["guide_defaults"],
-        "num_bins": NSF_GUIDE_NUM_BINS,
-        "bound": NSF_GUIDE_BOUND,
+    **{
+        **_SAMPLING_AUTOREGRESSIVE,
+        "guide_defaults": {
+            **_SAMPLING_AUTOREGRESSIVE["guide_defaults"],
+            "num_bins": NSF_GUIDE_NUM_BINS,
+            "bound": NSF_GUIDE_BOUND,
+        },
     },
 )
 def _build_nsf(
