@@ -19,6 +19,7 @@ from pyroflows.diagnostics.free_energy import (
     combined_verdict,
     with_coverage_checks,
 )
+from pyroflows.diagnostics.khat_thresholds import GOOD_KHAT, OK_KHAT
 from pyroflows.diagnostics.modes import ModeCoverage
 
 __all__ = ["Diagnosis", "diagnose"]
@@ -157,15 +158,15 @@ class Diagnosis:
         missed = self.mode_coverage is not None and self.mode_coverage.missed_mode
         if missed:
             why = _MISSED_MODE
-        elif self.verdict == "unreliable" and self.khat < 0.7 and self.collapsed_weights:
+        elif self.verdict == "unreliable" and self.khat < OK_KHAT and self.collapsed_weights:
             why = _COLLAPSED
         elif self.verdict == "ok" and self.khat_verdict == "good":
             why = _CAPPED
         elif self.verdict == "ok" and self.khat_draws is not None:
             why = _RECHECKED
-        elif self.verdict == "ok" and self.khat >= 0.7:
+        elif self.verdict == "ok" and self.khat >= OK_KHAT:
             why = _EQUAL_WEIGHTS_HEAVY
-        elif self.verdict == "good" and self.khat >= 0.5:
+        elif self.verdict == "good" and self.khat >= GOOD_KHAT:
             why = _EQUAL_WEIGHTS
         else:
             why = _VERDICTS[self.verdict]
@@ -180,7 +181,7 @@ class Diagnosis:
             f"IW bound          {self.iw_bound:.3f} ± {self.iw_bound_se:.3f}"
             + (
                 "  (error unreliable: weights' variance infinite for k-hat >= 0.5)"
-                if self.khat >= 0.5
+                if self.khat >= GOOD_KHAT
                 else ""
             ),
         ]

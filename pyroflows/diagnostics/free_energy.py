@@ -36,6 +36,7 @@ from pyroflows._validation import (
 from pyroflows.diagnostics import _arviz_compat
 from pyroflows.diagnostics.defensive import defensive_iw_bound
 from pyroflows.diagnostics.khat_recheck import needs_recheck, rechecked_khat
+from pyroflows.diagnostics.khat_thresholds import GOOD_KHAT, OK_KHAT
 from pyroflows.diagnostics.modes import ModeCoverage, mode_coverage
 from pyroflows.diagnostics.tracing import max_plate_nesting, trace_draws
 
@@ -272,10 +273,10 @@ class FreeEnergyReport:
         if self.khat_draws is not None:
             # rechecked: the first draws read below 0.5, the pooled draws decide between good
             # and ok (not unreliable: two readings on either side of 0.5, see khat_recheck)
-            return "good" if self.khat < 0.5 else "ok"
-        if self.khat < 0.5:
+            return "good" if self.khat < GOOD_KHAT else "ok"
+        if self.khat < GOOD_KHAT:
             return "good"
-        if self.khat < 0.7:
+        if self.khat < OK_KHAT:
             return "good" if equal_weights else "ok"
         return "ok" if equal_weights and math.isfinite(self.khat) else "unreliable"
 

@@ -36,6 +36,7 @@ import math
 import torch
 
 from pyroflows.diagnostics.defensive import guide_draws_and_log_q, random_state_kept
+from pyroflows.diagnostics.khat_thresholds import GOOD_KHAT
 from pyroflows.guides.start import points_log_joint
 
 __all__ = [
@@ -50,8 +51,6 @@ __all__ = [
 RECHECK_FACTOR = 4
 #: a "good" k-hat this many of its standard errors or fewer below 0.5 is rechecked
 RECHECK_STANDARD_ERRORS = 2.0
-#: the threshold between "good" and "ok" (Yao et al. 2018)
-GOOD_KHAT = 0.5
 #: extra draws are drawn and scored this many at a time
 CHUNK = 1000
 
