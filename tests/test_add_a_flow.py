@@ -11,7 +11,7 @@ import test_transform_contract as contract
 import torch
 from pyro.infer import SVI, Trace_ELBO
 
-from pyroflows import make_guide
+from pyroflows import free_energy_report, make_guide
 from pyroflows.amortized import AmortizedFlowPosterior, FlowPrior
 from pyroflows.transforms.registry import available_flows, unregister_flow
 
@@ -48,10 +48,19 @@ def test_the_new_family_trains_as_a_guide_a_posterior_and_a_prior():
         a = pyro.sample("a", dist.Normal(0.0, 1.0))
         pyro.sample("b", dist.Normal(a**2, 0.5))
 
+    # it learns: the free energy from 4000 draws falls. (Comparing the mean of the first and
+    # last 50 single-particle losses, as before, failed on 5 of 8 seeds: from the Laplace start
+    # the loss falls by less than its noise. On those seeds F fell from 0.99-1.03 to
+    # 0.59-0.75, every estimate with a standard error below 0.03, so a fall of 0.1 nats is
+    # 4 standard errors of the difference and under half the smallest fall seen.)
     guide = make_guide("sinh-arcsinh", model)
+    guide()
+    before = free_energy_report(model, guide, num_samples=4000).free_energy
     svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
-    losses = [svi.step() for _ in range(300)]
-    assert sum(losses[-50:]) / 50 < sum(losses[:50]) / 50  # it learns
+    for _ in range(300):
+        svi.step()
+    after = free_energy_report(model, guide, num_samples=4000).free_energy
+    assert after < before - 0.1
     posterior = AmortizedFlowPosterior(torch.nn.Identity(), 4, 2, flow="sinh-arcsinh")
     z = posterior(torch.randn(5, 4)).rsample()
     assert z.shape == (5, 2)

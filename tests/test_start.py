@@ -166,6 +166,23 @@ def test_points_log_joint_of_a_model_that_is_not_vectorization_safe(model_name):
     assert scored is not None and torch.allclose(scored, one_by_one, rtol=1e-10, atol=1e-10)
 
 
+def test_the_agreement_check_leaves_the_random_state_alone():
+    """Each model run draws (Pyro's init_loc_fn wrapper draws before the conditioned values
+    reach it). The agreement check's plain runs must not change the global random state, so a
+    fit's draws after the start are those of before the check existed: the global state after
+    ``points_log_joint`` is the one after the batched run alone."""
+    problem = linear_regression(dim=3, num_data=30)
+    guide = pyroflows.AutoIAF(problem.model, init="median")
+    guide(*problem.args)
+    z = guide.sample_unconstrained(6, *problem.args)
+    before = torch.get_rng_state()
+    start_module.batched_log_joint(guide, z, problem.args, {})
+    after_batched_run = torch.get_rng_state()
+    torch.set_rng_state(before)
+    start_module.points_log_joint(guide, z, problem.args, {})
+    assert torch.equal(torch.get_rng_state(), after_batched_run)
+
+
 def test_a_degenerate_map_falls_back_with_the_reason():
     """Before, the start was that degenerate point (its ×0.25 version won by ELBO) and AutoNAF
     in the README's plain loop (Adam 1e-2, Trace_ELBO) reached draws |z| ≈ 6000 and an

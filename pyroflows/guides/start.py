@@ -216,7 +216,17 @@ def _batched_agrees_with_plain_runs(
 ) -> bool:
     """Whether the batched log joint of the first and the last point equals a plain run's
     (to ``rtol=1e-4, atol=1e-3`` in float64, the tolerance of the diagnostics' own check);
-    a non-finite value agrees only with the same non-finite value."""
+    a non-finite value agrees only with the same non-finite value. The global random state is
+    left as it was: each model run draws (Pyro's ``init_loc_fn`` wrapper draws before the
+    conditioned values reach it), and the check must not change what the draws after it are."""
+    state = get_rng_state()
+    try:
+        return _agrees(guide, z, batched, args, kwargs)
+    finally:
+        set_rng_state(state)
+
+
+def _agrees(guide, z: torch.Tensor, batched: torch.Tensor, args: tuple, kwargs: dict) -> bool:
     with torch.no_grad():
         for index in sorted({0, z.shape[0] - 1}):
             try:
