@@ -43,8 +43,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
-from pyro.util import get_rng_state, set_rng_state
 
+from pyroflows._random_state import random_state_kept as _random_state_kept
 from pyroflows.guides.start import points_log_joint
 
 __all__ = ["DEFENSIVE_DRAWS", "DEFENSIVE_MAX_DIM", "WIDENING", "defensive_iw_bound"]
@@ -61,12 +61,8 @@ DEFENSIVE_MAX_DIM = 100
 def random_state_kept() -> Iterator[None]:
     """A block without gradients that leaves the global random state as it found it (the
     model's own runs in a check may draw)."""
-    state = get_rng_state()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        set_rng_state(state)
+    with _random_state_kept(), torch.no_grad():
+        yield
 
 
 def guide_draws_and_log_q(

@@ -42,6 +42,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.trace_struct import Trace
 
 from pyroflows._pyro_internals import is_subsample_site as site_is_subsample
+from pyroflows._random_state import random_state_kept
 from pyroflows._validation import NonFiniteDataError, describe_nonfinite_arguments
 
 __all__ = [
@@ -215,17 +216,8 @@ def max_plate_nesting(model: Callable, guide: Callable, *args, **kwargs) -> int:
         >>> max_plate_nesting(model, guide, data)  # doctest: +SKIP
         1
     """
-    with _preserved_rng():
+    with random_state_kept():
         return _prototype(model, guide, args, kwargs).nesting
-
-
-@contextmanager
-def _preserved_rng():
-    state = pyro.util.get_rng_state()
-    try:
-        yield
-    finally:
-        pyro.util.set_rng_state(state)
 
 
 # ---- overriding subsample indices ---------------------------------------------------------------
@@ -645,7 +637,7 @@ def vectorization_problem(model: Callable, guide: Callable, args: tuple, kwargs:
     subsampled plate only) and compares them with plain runs; the global random state is left as
     it was. :func:`pyroflows.fit` uses it to choose vectorized or sequential ELBO particles.
     """
-    with _preserved_rng(), quiet_pyro_logging():
+    with random_state_kept(), quiet_pyro_logging():
         proto = _prototype(model, guide, args, kwargs)
         chunk, failure = None, None
         try:

@@ -62,10 +62,10 @@ from dataclasses import dataclass, field
 import pyro
 import torch
 from pyro import poutine
-from pyro.util import get_rng_state, set_rng_state
 from torch.distributions import biject_to
 
 from pyroflows._pyro_internals import is_subsample_site, prior_draws, unpack_latent
+from pyroflows._random_state import random_state_kept
 
 __all__ = ["Mode", "Start", "laplace_start", "unconstrained_log_joint"]
 
@@ -219,15 +219,7 @@ def _batched_agrees_with_plain_runs(
     a non-finite value agrees only with the same non-finite value. The global random state is
     left as it was: each model run draws (Pyro's ``init_loc_fn`` wrapper draws before the
     conditioned values reach it), and the check must not change what the draws after it are."""
-    state = get_rng_state()
-    try:
-        return _agrees(guide, z, batched, args, kwargs)
-    finally:
-        set_rng_state(state)
-
-
-def _agrees(guide, z: torch.Tensor, batched: torch.Tensor, args: tuple, kwargs: dict) -> bool:
-    with torch.no_grad():
+    with random_state_kept(), torch.no_grad():
         for index in sorted({0, z.shape[0] - 1}):
             try:
                 plain = unconstrained_log_joint(guide, z[index], args, kwargs)
@@ -311,13 +303,10 @@ def laplace_start(
     ends at no usable mode), path starts where it does (or where the Hessian at the MAP is
     not positive definite), and last the ``init_loc_fn`` start. See the module docstring. The global
     random state is left as it was (the model runs it takes may draw)."""
-    state = get_rng_state()
-    try:
+    with random_state_kept():
         return _laplace_start(
             guide, init_loc, init_scale, args, kwargs, full_hessian_max_dim, max_iterations
         )
-    finally:
-        set_rng_state(state)
 
 
 def _laplace_start(
