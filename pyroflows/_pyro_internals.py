@@ -24,6 +24,7 @@ Pyro 1.9 offers no public way to do these:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator
 
 import torch
@@ -103,6 +104,15 @@ def torch_optimizers(optim: PyroOptim):
     return optim.optim_objs.items()
 
 
+#: Pyro's ``ClippedAdam`` defaults (``lr``, ``eps``, ``clip_norm``, ...), from its signature,
+#: which :class:`ScaledClippedAdam` scales where the user gave none
+_CLIPPED_ADAM_DEFAULTS = {
+    name: parameter.default
+    for name, parameter in inspect.signature(TorchClippedAdam).parameters.items()
+    if parameter.default is not inspect.Parameter.empty
+}
+
+
 class ScaledClippedAdam(PyroOptim):
     """Pyro's ``ClippedAdam`` whose step size for a parameter tensor ``p`` is
     ``lr · lr_multiplier(p)`` (``optim_args`` as ``pyro.optim.ClippedAdam``'s). The multiplier
@@ -129,10 +139,10 @@ class ScaledClippedAdam(PyroOptim):
     def _get_optim_args(self, param):
         optim_args = dict(super()._get_optim_args(param))
         multiplier = self.lr_multipliers[param] = self.lr_multiplier(param)
-        optim_args["lr"] = optim_args.get("lr", 1e-3) * multiplier
+        optim_args["lr"] = optim_args.get("lr", _CLIPPED_ADAM_DEFAULTS["lr"]) * multiplier
         if multiplier != 1.0:
-            optim_args["eps"] = optim_args.get("eps", 1e-8) / multiplier
-            optim_args["clip_norm"] = optim_args.get("clip_norm", 10.0) / multiplier
+            for name in ("eps", "clip_norm"):
+                optim_args[name] = optim_args.get(name, _CLIPPED_ADAM_DEFAULTS[name]) / multiplier
         return optim_args
 
 
