@@ -2,6 +2,7 @@
 the heaviest, and the report's mode-coverage check says when the guide misses one (a mode the
 guide never visits leaves no trace in its own importance weights, so k-hat cannot)."""
 
+import importlib
 import math
 
 import pyro
@@ -183,3 +184,44 @@ def test_two_stops_in_one_needle_basin_are_one_mode():
         return -start_module.unconstrained_log_joint(guide, z, (), {})
 
     assert not start_module._same_mode(negative_mixture, light.loc, light.log_joint, heavy)
+
+
+def test_auto_tempering_is_longer_where_the_start_found_several_modes():
+    """``anneal_steps="auto"``: a multimodal guide (NAF) whose multi-start found both modes
+    tempers AUTO_ANNEAL_STEPS_SEVERAL_MODES steps, one on a one-mode posterior the usual
+    AUTO_ANNEAL_STEPS, a unimodal guide (IAF) none, and never more than a quarter of the run."""
+    from pyroflows.infer.fit import (
+        AUTO_ANNEAL_STEPS,
+        AUTO_ANNEAL_STEPS_SEVERAL_MODES,
+        _auto_anneal_steps,
+    )
+
+    two_modes = pyroflows.AutoNAF(two_mode_model)
+    two_modes()
+    pyro.clear_param_store()  # the guides share a name
+    problem = linear_regression(dim=3)
+    one_mode = pyroflows.AutoNAF(problem.model)
+    one_mode(*problem.args)
+    pyro.clear_param_store()
+    unimodal = pyroflows.AutoIAF(two_mode_model)
+    unimodal()
+    assert len(two_modes.start.details["modes"]) == 2
+    assert len(one_mode.start.details["modes"]) == 1
+    assert AUTO_ANNEAL_STEPS_SEVERAL_MODES > AUTO_ANNEAL_STEPS > 0
+    assert _auto_anneal_steps(two_modes, 20000) == AUTO_ANNEAL_STEPS_SEVERAL_MODES
+    assert _auto_anneal_steps(one_mode, 20000) == AUTO_ANNEAL_STEPS
+    assert _auto_anneal_steps(unimodal, 20000) == 0
+    assert _auto_anneal_steps(two_modes, 400) == 100
+
+
+def test_fit_resolves_auto_tempering_from_the_guide_it_sets_up(monkeypatch):
+    """fit decides on the tempering after it has set the guide up (a fresh guide has no
+    start before): a fresh AutoNAF on the two-mode model gets the several-modes length (made
+    8 and 4 steps here, so a 40-step run shows it) and the settings record it."""
+    fit_module = importlib.import_module("pyroflows.infer.fit")  # the name fit is the function
+    monkeypatch.setattr(fit_module, "AUTO_ANNEAL_STEPS", 4)
+    monkeypatch.setattr(fit_module, "AUTO_ANNEAL_STEPS_SEVERAL_MODES", 8)
+    guide = pyroflows.AutoNAF(two_mode_model)
+    result = pyroflows.fit(two_mode_model, guide, steps=40, progress=False, report_samples=0)
+    assert len(guide.start.details["modes"]) == 2
+    assert result.settings["anneal_steps"] == 8

@@ -286,6 +286,23 @@ SHORT_RUN_LR = 1e-2
 #: steps of tempering that ``anneal_steps="auto"`` gives a guide that can represent several
 #: modes (``guide.multimodal``: NAF and spline flows), none to the others
 AUTO_ANNEAL_STEPS = 500
+#: ... and such a guide whose multi-start MAP found several modes (``guide.start``): 500 steps
+#: of β rising from 0.05 to 1 keep both modes of the equal-weight development target but lose
+#: the light one of the 0.25/0.75 target (AutoNAF, 4 seeds of 4, KL 0.29 = -log 0.75); 1500
+#: keep both on all 8 fits (KL 0.08-0.20 and 0.01-0.03)
+AUTO_ANNEAL_STEPS_SEVERAL_MODES = 1500
+
+
+def _auto_anneal_steps(guide, run_steps: int) -> int:
+    """The tempering steps of ``anneal_steps="auto"`` for a set-up ``guide`` (see
+    :data:`AUTO_ANNEAL_STEPS`), at most a quarter of ``run_steps`` (the fixed ``steps``, or
+    ``max_steps``)."""
+    if not getattr(guide, "multimodal", False):
+        return 0
+    start = getattr(guide, "start", None)
+    modes = start.details.get("modes", ()) if start is not None else ()
+    steps = AUTO_ANNEAL_STEPS_SEVERAL_MODES if len(modes) > 1 else AUTO_ANNEAL_STEPS
+    return min(steps, run_steps // 4)
 
 
 def _resumed_settings(resume, given: dict, guide, checkpoint_state) -> dict:
@@ -371,8 +388,10 @@ def fit(
       ``lr · lr_decay`` over the ``N`` steps instead, and the same test says at the end whether
       the free energy was still falling;
     * ``anneal_steps="auto"``: 500 steps of tempering (below) for guides that can represent
-      several modes (``guide.multimodal``: NAF and spline flows; at most a quarter of a fixed
-      ``steps``), none for the others.
+      several modes (``guide.multimodal``: NAF and spline flows), 1500 where the guide's
+      multi-start MAP found several modes (500 lost the light mode of a 0.25/0.75 development
+      mixture on 4 seeds of 4, 1500 on none: :data:`AUTO_ANNEAL_STEPS_SEVERAL_MODES`), at most
+      a quarter of ``steps`` (or of ``max_steps``); none for the others.
     * a non-finite loss or gradient after the first step is not applied: the step is retried
       with fresh draws at a learning rate ``NONFINITE_BACKOFF_FACTOR`` (3) times smaller, at
       most ``NONFINITE_BACKOFFS`` (3) times per fit (``settings["lr_backoffs"]`` lists them),
@@ -535,12 +554,10 @@ def fit(
         allow_inf=True,
         why=" (the bound on each gradient element; math.inf turns clipping off)",
     )
-    if anneal_steps == "auto":
-        anneal_steps = AUTO_ANNEAL_STEPS if getattr(guide, "multimodal", False) else 0
-        if not auto_steps:  # a short fixed run tempers its first quarter at most
-            anneal_steps = min(anneal_steps, steps // 4)
-    anneal_steps = check_count("anneal_steps", anneal_steps, minimum=0, why=' (or "auto")')
-    if anneal_steps > (max_steps if auto_steps else steps):
+    auto_anneal = anneal_steps == "auto"  # resolved once the guide is set up
+    if not auto_anneal:
+        anneal_steps = check_count("anneal_steps", anneal_steps, minimum=0, why=' (or "auto")')
+    if not auto_anneal and anneal_steps > (max_steps if auto_steps else steps):
         raise ValueError(
             f"anneal_steps ({anneal_steps}) must be at most steps "
             f"({max_steps if auto_steps else steps}): otherwise the fit ends on a tempered "
@@ -619,6 +636,8 @@ def fit(
     # one run of the guide and model: sets the guide up, names a guide built for another model
     # before any step, and gives the ELBO its plate nesting (so it guesses nothing)
     nesting = max_plate_nesting(model, guide, *args, **kwargs)
+    if auto_anneal:
+        anneal_steps = _auto_anneal_steps(guide, max_steps if auto_steps else steps)
     sticking_the_landing = _uses_sticking_the_landing(gradients, guide, elbo)
     gradients = "stl" if sticking_the_landing else "reparameterized"
     warned_slow = False
