@@ -574,7 +574,10 @@ def main(argv: list[str] | None = None) -> None:
         for name in dict.fromkeys(r["target"] for r in records):
             if name not in targets:
                 targets[name] = build_target(name)
-    targets = {n: t for n, t in targets.items() if any(r["target"] == n for r in records)}
+    # in the registry's order (an --update built its rerun targets first)
+    targets = {
+        n: targets[n] for n in TARGETS if n in targets and any(r["target"] == n for r in records)
+    }
     rows = summarize(records, targets)
     table = format_tables(rows, options)
     for error in errors:
