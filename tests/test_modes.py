@@ -2,6 +2,7 @@
 the heaviest, and the report's mode-coverage check says when the guide misses one (a mode the
 guide never visits leaves no trace in its own importance weights, so k-hat cannot)."""
 
+import dataclasses
 import importlib
 import math
 
@@ -66,6 +67,10 @@ def test_a_guide_on_one_mode_is_reported_as_missing_the_other():
     assert coverage.num_modes == 2
     assert coverage.missed_mass == pytest.approx(0.4, abs=0.05)
     assert coverage.missed_mode
+    # every draw of the guide is in the heavier mode; the weighted draws give 0.6/0.4
+    assert coverage.guide_shares == pytest.approx((1.0, 0.0), abs=0.01)
+    assert coverage.posterior_shares == pytest.approx((0.6, 0.4), abs=0.05)
+    assert coverage.share_error == pytest.approx(0.4, abs=0.05)
     assert report.verdict == "unreliable"
     assert "MISSED" in str(report)
     diagnosis = pyroflows.diagnose(two_mode_model, guide, num_samples=1000)
@@ -90,6 +95,33 @@ def test_a_guide_that_covers_both_modes_is_not_flagged():
     checks = [modes_module.mode_coverage(guide, (), {}, seed=seed) for seed in range(6)]
     assert not any(check.missed_mode for check in checks)
     assert sum(check.missed_mass for check in checks) / len(checks) < 0.1
+    # its mass splits between the modes as the posterior's does (measured share errors
+    # 0.01-0.07, bootstrap se 0.02-0.03)
+    assert not any(check.misweighted for check in checks)
+
+
+def test_a_guide_holding_both_modes_with_the_wrong_weights_is_at_best_ok():
+    """The same wide Gaussian moved to (2, -0.8): it still reaches both modes (no missed
+    mode), but puts about 0.83 of its draws in the heavier one, whose posterior share is 0.6.
+    The share error (measured 0.17-0.26 on 4 seeds, bootstrap se 0.02) flags it, and a report
+    with a "good" k-hat is then "ok"."""
+    guide = pyroflows.AutoIAF(two_mode_model)
+    guide()
+    guide.flow[-1].restart(torch.tensor([2.0, -0.8]), torch.tensor([2.6, 1.2]), whiten=False)
+    checks = [modes_module.mode_coverage(guide, (), {}, seed=seed) for seed in range(4)]
+    assert not any(check.missed_mode for check in checks)
+    assert all(check.misweighted for check in checks)
+    for check in checks:
+        assert check.guide_shares[0] > 0.75
+        assert check.posterior_shares == pytest.approx((0.6, 0.4), abs=0.06)
+        assert "WEIGHTS OFF" in str(check)
+    report = pyroflows.free_energy_report(two_mode_model, guide, num_samples=1000)
+    assert report.mode_coverage.misweighted and report.suspects_missed_mode
+    # the same evidence beside a k-hat that alone would say "good"
+    good_khat = dataclasses.replace(report, khat=0.1, ess=float(report.num_samples))
+    assert good_khat.khat_verdict == "good"
+    assert pyroflows.diagnostics.free_energy.combined_verdict(good_khat) == "ok"
+    assert "WEIGHTS OFF" in pyroflows.diagnostics.free_energy.format_reports({"q": report})
 
 
 def test_the_check_is_deterministic_and_leaves_the_global_random_state_alone():

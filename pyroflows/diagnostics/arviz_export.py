@@ -163,6 +163,8 @@ def to_inference_data(
         "defensive_iw_bound": report.defensive_iw_bound,
         "missed_mass": None if coverage is None else coverage.missed_mass,
         "missed_mass_se": None if coverage is None else coverage.missed_mass_se,
+        "mode_share_error": None if coverage is None else coverage.share_error,
+        "mode_share_error_se": None if coverage is None else coverage.share_error_se,
         "num_samples": num_samples,
         "num_chains": num_chains,
     }

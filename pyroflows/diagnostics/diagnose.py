@@ -52,8 +52,9 @@ _RECHECKED = (
 
 _CAPPED = (
     "k-hat < 0.5, but an IW bound (the guide's own or the defensive one) sits more than half of\n"
-    "  log 2 above the ELBO (mass the guide covers thinly) or independent replicas of the fit\n"
-    "  disagree: usable with care"
+    "  log 2 above the ELBO (mass the guide covers thinly), the guide holds the modes with the\n"
+    "  wrong weights (see mode coverage) or independent replicas of the fit disagree: usable\n"
+    "  with care"
 )
 
 _COLLAPSED = (

@@ -149,7 +149,9 @@ VERDICT_RULE = (
     "else 0.5 <= k-hat < 0.7 (with log-weight sd of at least 0.05), k-hat >= 0.7 on log "
     "weights with sd below 0.05, k-hat < 0.5 with an IW bound (the guide's own, or the "
     "defensive one from draws of the guide and of a Gaussian twice as wide) more than half of "
-    "log 2 above the ELBO, a k-hat that read below 0.5 (by at most two of its standard "
+    "log 2 above the ELBO, modes held with the wrong weights (the guide's share of the modes "
+    "at least 0.1 from the importance-weighted one in total variation, 3 standard errors above "
+    "0), a k-hat that read below 0.5 (by at most two of its standard "
     "errors) but at least 0.5 on four times the draws, or independent replicas whose ELBOs "
     "disagree (by more than 0.05 nats and 3 standard errors): ok; else good"
 )
@@ -292,11 +294,15 @@ class FreeEnergyReport:
     def suspects_missed_mode(self) -> bool:
         """An importance-weighted bound, the guide's own or the defensive one, sits above the
         ELBO by more than :data:`MISSED_MODE_GAP` nats (half of log 2): mass the guide covers
-        only thinly, a second mode it straddles or a tail it cuts. (A mode the guide misses
-        entirely leaves no trace in its own draws, weights that are all alike and a gap near
-        zero; the defensive draws and the mode-coverage check look beyond them.)"""
+        only thinly, a second mode it straddles or a tail it cuts; or the mode-coverage check
+        finds the guide holding the modes with the wrong weights
+        (:attr:`~pyroflows.diagnostics.modes.ModeCoverage.misweighted`: a mode covered too
+        thinly). (A mode the guide misses entirely leaves no trace in its own draws, weights
+        that are all alike and a gap near zero; the defensive draws and the mode-coverage check
+        look beyond them.)"""
         gaps = [self.kl_lower_bound, self.defensive_kl_lower_bound]
-        return any(gap is not None and gap > MISSED_MODE_GAP for gap in gaps)
+        misweighted = self.mode_coverage is not None and self.mode_coverage.misweighted
+        return misweighted or any(gap is not None and gap > MISSED_MODE_GAP for gap in gaps)
 
     def as_dict(self) -> dict[str, float | int | str]:
         return {
@@ -333,7 +339,9 @@ _COVERAGE_ROW = (
         if r.mode_coverage is None
         else (
             f"{r.mode_coverage.missed_mass:.2f} ± {r.mode_coverage.missed_mass_se:.2f} "
-            f"({r.mode_coverage.num_modes})" + (" MISSED" if r.mode_coverage.missed_mode else "")
+            f"({r.mode_coverage.num_modes})"
+            + (" MISSED" if r.mode_coverage.missed_mode else "")
+            + (" WEIGHTS OFF" if r.mode_coverage.misweighted else "")
         )
     ),
 )
