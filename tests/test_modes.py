@@ -257,3 +257,48 @@ def test_fit_resolves_auto_tempering_from_the_guide_it_sets_up(monkeypatch):
     result = pyroflows.fit(two_mode_model, guide, steps=40, progress=False, report_samples=0)
     assert len(guide.start.details["modes"]) == 2
     assert result.settings["anneal_steps"] == 8
+
+
+@pytest.mark.parametrize("which", ["one mode", "two modes"])
+def test_extra_searches_end_once_in_a_known_modes_bowl_and_find_the_same_modes(monkeypatch, which):
+    """An extra L-BFGS search that comes within one Laplace sd of a known mode (and within a
+    nat of its peak) ends there: on a Gaussian posterior every one of them does, and with or
+    without the early end the start finds the same modes with the same masses."""
+    if which == "one mode":
+        problem = linear_regression(dim=3)
+        model, args = problem.model, problem.args
+    else:
+        model, args = two_mode_model, ()
+    searches = []
+    full_search = start_module._map_by_lbfgs
+
+    def counted(objective, z0, max_iterations, path=None, stop=None):
+        try:
+            result = full_search(objective, z0, max_iterations, path, stop)
+        except start_module._ReachedKnownMode:
+            searches.append("reached")
+            raise
+        searches.append("ended")
+        return result
+
+    def without_early_end(objective, z0, max_iterations, path=None, stop=None):
+        return full_search(objective, z0, max_iterations, path)
+
+    found = {}
+    for variant, search in (("early", counted), ("full", without_early_end)):
+        monkeypatch.setattr(start_module, "_map_by_lbfgs", search)
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)  # init_to_median's point, where the MAP search starts, is drawn
+        guide = pyroflows.AutoIAF(model)
+        guide(*args)
+        found[variant] = [(mode.loc, mode.log_mass) for mode in guide.start.details["modes"]]
+    extra = start_module.MULTISTART_COUNT + start_module.MULTISTART_PRIOR_COUNT
+    assert len(searches) == extra + 1  # the MAP's own search never ends early
+    if which == "one mode":
+        assert searches.count("reached") == extra
+    else:
+        assert searches.count("reached") >= extra - 1  # the first to reach the other mode ends
+    assert len(found["early"]) == len(found["full"]) == (1 if which == "one mode" else 2)
+    for early, full in zip(found["early"], found["full"], strict=True):
+        assert torch.equal(early[0], full[0])
+        assert early[1] == full[1]

@@ -40,7 +40,11 @@ found no other, and AutoIAF ended there with KL 1.39 nats (0.29 in the heavier o
 verdict of "good", as no second mode was known to check. An end point within
 ``SAME_MODE_DISTANCE`` (Mahalanobis, under the covariance of a mode already found) of a known
 mode, or with no barrier of
-``SAME_MODE_BARRIER`` nats between them, is that mode; each new one gets its own
+``SAME_MODE_BARRIER`` nats between them, is that mode, and a search ends as soon as it
+evaluates a point within ``SAME_MODE_DISTANCE`` of a known mode and at most
+``SAME_MODE_BARRIER`` nats below its peak (it is in that mode's bowl; converging onto the mode
+again took most of the searches' iterations: on the 19 benchmark targets the start found the
+same modes and cost 1.1-9 times less); each new one gets its own
 Hessian and a Laplace estimate of its mass,
 ``log Z_k ≈ ℓ(z_k*) + (D/2) log 2π + ½ log det H_k⁻¹``. Modes with at least ``MODE_MIN_SHARE``
 of the total are kept, heaviest first, each a candidate start, and the list is kept in
@@ -57,6 +61,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pyro
@@ -254,10 +259,22 @@ def _subsampled_plate(guide, args: tuple, kwargs: dict) -> str | None:
     return None
 
 
-def _map_by_lbfgs(objective, z0: torch.Tensor, max_iterations: int, path: list | None = None):
+class _ReachedKnownMode(Exception):
+    """An extra L-BFGS search reached a mode already found (see :func:`_multistart_modes`)."""
+
+
+def _map_by_lbfgs(
+    objective,
+    z0: torch.Tensor,
+    max_iterations: int,
+    path: list | None = None,
+    stop: Callable[[torch.Tensor, float], bool] | None = None,
+):
     """Minimizes ``objective`` (the negative log joint) from ``z0``; returns ``(z, value,
     iterations)`` or raises ``FloatingPointError`` on a non-finite run. ``path``, if given,
-    receives every point evaluated with a finite value, in order (kept when the run fails)."""
+    receives every point evaluated with a finite value, in order (kept when the run fails).
+    ``stop(z, log_joint)``, if given, is asked at every point evaluated; where it says True the
+    search ends with :class:`_ReachedKnownMode`."""
     z = z0.detach().clone().requires_grad_(True)
     optimizer = torch.optim.LBFGS(
         [z],
@@ -277,6 +294,8 @@ def _map_by_lbfgs(objective, z0: torch.Tensor, max_iterations: int, path: list |
             raise FloatingPointError(f"the log joint became {float(-value.detach())} during L-BFGS")
         if path is not None:
             path.append(z.detach().clone())
+        if stop is not None and stop(z.detach(), -float(value.detach())):
+            raise _ReachedKnownMode
         value.backward()
         evaluations["count"] += 1
         return value
@@ -565,11 +584,28 @@ def _multistart_modes(
     negative, starts: torch.Tensor, z_map: torch.Tensor, scale: torch.Tensor, log_joint: float
 ) -> list[Mode]:
     """The modes found by L-BFGS from the MAP's own run and from ``starts`` (see the module
-    docstring), heaviest first, those below ``MODE_MIN_SHARE`` dropped."""
+    docstring), heaviest first, those below ``MODE_MIN_SHARE`` dropped. A search that reaches
+    a point within ``SAME_MODE_DISTANCE`` of a known mode (under its Laplace covariance) and at
+    most ``SAME_MODE_BARRIER`` nats below its log joint is in that mode's bowl and ends there:
+    it would end at that mode, and the iterations to converge onto it are most of a search's
+    (on a 10-D hierarchical posterior with one mode, 81 of 452 evaluations get the 8 searches
+    there)."""
     modes = [_laplace_mode(z_map, scale, log_joint)]
+
+    def in_a_known_mode_bowl(z: torch.Tensor, value: float) -> bool:
+        return any(
+            value >= mode.log_joint - SAME_MODE_BARRIER
+            and _mahalanobis(z, mode) < SAME_MODE_DISTANCE
+            for mode in modes
+        )
+
     for start in starts:
         try:
-            z, value, _ = _map_by_lbfgs(negative, start, MULTISTART_MAX_ITERATIONS)
+            z, value, _ = _map_by_lbfgs(
+                negative, start, MULTISTART_MAX_ITERATIONS, stop=in_a_known_mode_bowl
+            )
+        except _ReachedKnownMode:
+            continue
         except (FloatingPointError, RuntimeError, ValueError):
             continue
         if any(_same_mode(negative, z, -value, mode) for mode in modes):
