@@ -44,6 +44,7 @@ from pyro.poutine.trace_struct import Trace
 from pyroflows._pyro_internals import is_subsample_site as site_is_subsample
 from pyroflows._random_state import random_state_kept
 from pyroflows._validation import NonFiniteDataError, describe_nonfinite_arguments
+from pyroflows._vectorization import log_densities_agree
 
 __all__ = [
     "DrawChunk",
@@ -609,7 +610,7 @@ def _vectorized_agrees_with_plain_run(model, args, kwargs, proto: _Prototype, ch
             if site.log_prob is not None:
                 expected = site.log_prob.double().sum()
                 actual = other.log_prob[draw].double().sum()
-                if not torch.isclose(actual, expected, rtol=1e-4, atol=1e-3):
+                if not log_densities_agree(actual, expected):
                     return False
             else:
                 value = other.value[draw]
