@@ -389,9 +389,30 @@ UPDATE_MUST_MATCH = (
 )
 
 
+def _with_infinities_marked(run: dict) -> dict:
+    """``run`` with its infinite numbers (top level and in ``final``: a peer's k-hat, a failed
+    fit's quality) named in ``run["infinite"]``, as JSON stores them as null."""
+    marked = {}
+    for prefix, fields in (("", run), ("final.", run.get("final") or {})):
+        for key, value in fields.items():
+            if isinstance(value, float) and math.isinf(value):
+                marked[prefix + key] = "inf" if value > 0 else "-inf"
+    return {**run, "infinite": marked} if marked else run
+
+
 def _restore(value):
-    """Inverse of :func:`_sanitize` for a stored run: None qualities are infinite again."""
+    """Inverse of :func:`_sanitize` for a stored run: the numbers ``run["infinite"]`` names
+    are infinite again, and so is a None quality (files written before that record)."""
     value = dict(value)
+    infinite = value.pop("infinite", {})
+    if any(name.startswith("final.") for name in infinite):
+        value["final"] = dict(value["final"])
+    for name, sign in infinite.items():
+        number = math.inf if sign == "inf" else -math.inf
+        if name.startswith("final."):
+            value["final"][name.removeprefix("final.")] = number
+        else:
+            value[name] = number
     if value.get("quality") is None:
         value["quality"] = math.inf
     value["curve"] = [(t, math.inf if q is None else q) for t, q in value["curve"]]
@@ -615,7 +636,7 @@ def main(argv: list[str] | None = None) -> None:
         "runtime": runtime,
         "updates": updates,
         "summary": rows,
-        "runs": records,
+        "runs": [_with_infinities_marked(run) for run in records],
         "table": table,
     }
     options.output.parent.mkdir(parents=True, exist_ok=True)

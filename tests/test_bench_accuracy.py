@@ -221,3 +221,34 @@ def test_the_readme_table_has_a_row_per_held_out_target_and_marks_met_goals():
             key=lambda r: r["quality_median"],
         )
         assert ("**" in line) == (ours["ratio_to_best_peer_median"] <= 0.5)
+
+
+def test_infinite_numbers_of_a_stored_run_come_back_infinite_for_an_update():
+    """JSON stores inf as null; a run read back for --update must show a peer's infinite k-hat
+    as inf again (not as a k-hat that was never computed, printed "-"), and keep the None of
+    one that was never computed."""
+    import json
+
+    run = {
+        "target": "t",
+        "guide": "AutoNormal",
+        "seed": 0,
+        "quality": 2.5,
+        "curve": [(1.0, 3.0)],
+        "final": {"khat": math.inf, "iw_gap": -math.inf, "ess": 12.0, "elbo_se": None},
+    }
+    stored = json.loads(
+        bench_accuracy._json_text(
+            bench_accuracy._sanitize({"runs": [bench_accuracy._with_infinities_marked(run)]})
+        )
+    )["runs"][0]
+    assert stored["final"]["khat"] is None
+    restored = bench_accuracy._restore(stored)
+    assert restored["final"]["khat"] == math.inf
+    assert restored["final"]["iw_gap"] == -math.inf
+    assert restored["final"]["ess"] == 12.0 and restored["final"]["elbo_se"] is None
+    assert "infinite" not in restored
+    # files written before the marker: a None quality is read as infinite, as before
+    old = {**stored, "quality": None}
+    old.pop("infinite")
+    assert bench_accuracy._restore(old)["quality"] == math.inf
