@@ -78,10 +78,10 @@ class ModeCoverage:
     missed_mass: float
     missed_mass_se: float
     mode_shares: tuple[float, ...]
-    guide_shares: tuple[float, ...] = ()
-    posterior_shares: tuple[float, ...] = ()
-    share_error: float = 0.0
-    share_error_se: float = 0.0
+    guide_shares: tuple[float, ...]
+    posterior_shares: tuple[float, ...]
+    share_error: float
+    share_error_se: float
 
     @property
     def missed_mode(self) -> bool:
@@ -105,17 +105,13 @@ class ModeCoverage:
             return "/".join(f"{share:.2f}" for share in shares)
 
         flag = "  MISSED MODE" if self.missed_mode else ""
-        text = (
+        return (
             f"{self.missed_mass:.2f} ± {self.missed_mass_se:.2f} of the mass missed "
-            f"({self.num_modes} modes, Laplace shares {listed(self.mode_shares)}){flag}"
+            f"({self.num_modes} modes, Laplace shares {listed(self.mode_shares)}){flag}; "
+            f"mode shares {listed(self.guide_shares)} in the guide, "
+            f"{listed(self.posterior_shares)} weighted, error {self.share_error:.2f} ± "
+            f"{self.share_error_se:.2f}" + ("  WEIGHTS OFF" if self.misweighted else "")
         )
-        if self.guide_shares:
-            text += (
-                f"; mode shares {listed(self.guide_shares)} in the guide, "
-                f"{listed(self.posterior_shares)} weighted, error {self.share_error:.2f} ± "
-                f"{self.share_error_se:.2f}" + ("  WEIGHTS OFF" if self.misweighted else "")
-            )
-        return text
 
 
 def guide_modes(guide) -> list:
@@ -202,9 +198,9 @@ def _mode_coverage(
     shares = tuple(float(share) for share in log_share.exp())
     # which mode each draw belongs to, one-hot: (2n, K)
     member = torch.nn.functional.one_hot(log_components.argmax(-1).cpu(), len(modes)).double()
-    guide_share, posterior_share = _shares(member[:num_draws], member, log_w_r)
-    share_error = _share_error(guide_share, posterior_share)
     member_q, member_m = member[:num_draws], member[num_draws:]
+    guide_share, posterior_share = _shares(member_q, member, log_w_r)
+    share_error = _share_error(guide_share, posterior_share)
     boot_errors = _share_error(
         *_shares(
             member_q[index_q],

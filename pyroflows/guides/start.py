@@ -604,9 +604,7 @@ def _multistart_modes(
             z, value, _ = _map_by_lbfgs(
                 negative, start, MULTISTART_MAX_ITERATIONS, stop=in_a_known_mode_bowl
             )
-        except _ReachedKnownMode:
-            continue
-        except (FloatingPointError, RuntimeError, ValueError):
+        except (_ReachedKnownMode, FloatingPointError, RuntimeError, ValueError):
             continue
         if any(_same_mode(negative, z, -value, mode) for mode in modes):
             continue

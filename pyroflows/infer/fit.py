@@ -46,6 +46,7 @@ from pyroflows.diagnostics.free_energy import (
     free_energy_report,
     importance_log_weights,
 )
+from pyroflows.diagnostics.modes import guide_modes
 from pyroflows.diagnostics.tracing import (
     _VECTORIZE_ADVICE,
     NotVectorizableWarning,
@@ -299,9 +300,8 @@ def _auto_anneal_steps(guide, run_steps: int) -> int:
     ``max_steps``)."""
     if not getattr(guide, "multimodal", False):
         return 0
-    start = getattr(guide, "start", None)
-    modes = start.details.get("modes", ()) if start is not None else ()
-    steps = AUTO_ANNEAL_STEPS_SEVERAL_MODES if len(modes) > 1 else AUTO_ANNEAL_STEPS
+    several_modes = len(guide_modes(guide)) > 1
+    steps = AUTO_ANNEAL_STEPS_SEVERAL_MODES if several_modes else AUTO_ANNEAL_STEPS
     return min(steps, run_steps // 4)
 
 
