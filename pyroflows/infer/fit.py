@@ -378,7 +378,7 @@ def fit(
       (the accuracy benchmark's fits stand);
     * ``steps="auto"``: runs until the free energy stops improving by more than its Monte Carlo
       error (checked every 100 steps, twice in a row, after at least 1000); each such stall
-      divides the learning rate by 3 and starts a new stage (judged again after 300 steps),
+      divides the learning rate by 3 and starts a new stage (judged again after 1000 steps),
       until a stall at a rate below 3e-3 (one more division would go under 1e-3) decays the
       rate geometrically to ``rate · lr_decay`` (``lr_decay=0.1``) over ``max(200, 20%)`` more
       steps. The stages let a fit that the pilots started at a large rate also reach the

@@ -15,16 +15,16 @@ choose the step size.
   once it has improved by less than twice its Monte Carlo standard error at ``patience``
   consecutive checks, the free energy has stopped improving by more than its noise *at this
   step size*. The rate is then divided by :data:`STEP_DOWN_FACTOR` (3) and a new stage starts,
-  judged by the same rule on its own history after at least :data:`STEP_DOWN_MIN_STEPS` (300)
-  steps (Lang, Zhang & Xiao 2019, SASA: cut the rate when a statistical test finds the
-  iterates stationary). Only a stall at a rate that cannot be divided again without going
-  below :data:`STEP_DOWN_FLOOR` (1e-3) ends the fit: a final phase of ``max(200, 20%)`` more
-  steps decays that rate geometrically to ``rate · lr_decay`` (shrinking the optimizer's noise
-  around the optimum). A larger rate stalls sooner and higher (its noise floor is higher), so
-  without the stages the pilots' fastest rate ended fits early and worse: AutoNAF on a 10-D
-  funnel stopped at KL 0.13/0.17 nats with the pilots' 3e-2, where a fixed 3e-3 reached
-  0.02/0.03. ``max_steps`` caps the run; a fit stopped by the cap while the free energy was
-  still falling is reported as not converged.
+  judged by the same rule on its own history after at least :data:`STEP_DOWN_MIN_STEPS`
+  (1000, as many as the first stage) steps (Lang, Zhang & Xiao 2019, SASA: cut the rate when a
+  statistical test finds the iterates stationary). Only a stall at a rate that cannot be
+  divided again without going below :data:`STEP_DOWN_FLOOR` (1e-3) ends the fit: a final
+  phase of ``max(200, 20%)`` more steps decays that rate geometrically to ``rate · lr_decay``
+  (shrinking the optimizer's noise around the optimum). A larger rate stalls sooner and higher
+  (its noise floor is higher), so without the stages the pilots' fastest rate ended fits early
+  and worse: AutoNAF on a 10-D funnel stopped at KL 0.13/0.17 nats with the pilots' 3e-2,
+  where a fixed 3e-3 reached 0.02/0.03. ``max_steps`` caps the run; a fit stopped by the cap
+  while the free energy was still falling is reported as not converged.
 * **Fixed steps** (``steps=N``): the learning rate decays geometrically from ``lr`` to
   ``lr · lr_decay`` over the ``N`` steps, ``lr_t = lr · lr_decay^((t - 1) / N)``.
 """
@@ -64,8 +64,16 @@ STEP_DOWN_FACTOR = 3.0
 #: (auto steps) the smallest stage rate: a stall at a rate that cannot be divided again without
 #: going below it starts the final decay
 STEP_DOWN_FLOOR = 1e-3
-#: (auto steps) steps of a stage after a step down before the rule judges it again
-STEP_DOWN_MIN_STEPS = 300
+#: (auto steps) steps of a stage after a step down before the rule judges it again: as many
+#: as the first stage gets (``StoppingRule.min_steps``). A 3× smaller rate descends 3× more
+#: slowly, and over 300 steps its progress hid in the iterates' own noise (a 10-D funnel's
+#: free energy swings by 0.1 nats between checks 100 steps apart), so stages ended early and
+#: the fit stopped short: on the development targets (2 seeds, AutoIAF and AutoNAF, median
+#: KL) 300 → 1000 took an 8-D funnel with log-scale sd 2.5 from 0.17 to 0.12 (AutoIAF) and
+#: 0.095 to 0.051 (AutoNAF), the 2-D banana from 0.037 to 0.017 and 0.13 to 0.074, the 5-D
+#: funnel from 0.019 to 0.011 and 0.026 to 0.017, ``bimodal_2`` (AutoNAF) 0.022 to 0.011,
+#: the rest within 0.015 nats, for 1.0-1.8× the CPU time
+STEP_DOWN_MIN_STEPS = 1000
 
 
 @dataclass
