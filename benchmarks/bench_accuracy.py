@@ -45,6 +45,7 @@ It prints the tables and writes ``benchmarks/results/accuracy_cpu.json`` (``--qu
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import math
@@ -532,6 +533,11 @@ def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
         options.targets = options.targets or QUICK_TARGETS[options.target_set]
     options.guides = options.guides or list(DEFAULT_GUIDES)
     options.peers = options.peers or list(PEERS)
+    if "zuko NSF" in options.peers and importlib.util.find_spec("zuko") is None:
+        parser.error(
+            "the peer 'zuko NSF' needs zuko, which is not installed: python3 -m pip install -e "
+            "'.[bench]', or leave it out with --peers"
+        )
     if options.targets is None:
         development = {"heldout": False, "development": True, "all": None}[options.target_set]
         options.targets = target_names(development)

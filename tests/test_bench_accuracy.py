@@ -252,3 +252,21 @@ def test_infinite_numbers_of_a_stored_run_come_back_infinite_for_an_update():
     old = {**stored, "quality": None}
     old.pop("infinite")
     assert bench_accuracy._restore(old)["quality"] == math.inf
+
+
+def test_a_run_that_needs_zuko_without_it_stops_at_once(monkeypatch, capsys):
+    """The default peers include zuko's NSF: without zuko the run must stop before hours of
+    fits, naming the fix, instead of failing every (target, seed) unit at its last peer."""
+    real_find_spec = bench_accuracy.importlib.util.find_spec
+
+    def without_zuko(name, *args):
+        return None if name == "zuko" else real_find_spec(name, *args)
+
+    monkeypatch.setattr(bench_accuracy.importlib.util, "find_spec", without_zuko)
+    with pytest.raises(SystemExit):
+        bench_accuracy.parse_options(["--targets", "banana_2", "--output", "/dev/null"])
+    assert "needs zuko" in capsys.readouterr().err
+    options = bench_accuracy.parse_options(
+        ["--targets", "banana_2", "--peers", "AutoNormal", "--output", "/dev/null"]
+    )
+    assert options.peers == ["AutoNormal"]
