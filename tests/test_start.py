@@ -87,6 +87,47 @@ def test_a_singular_hessian_falls_back_with_the_reason():
     )
 
 
+def test_a_hessian_singular_in_floating_point_gets_no_laplace_covariance():
+    """A positive definite Hessian gives ``H⁻¹`` and its Cholesky factor; one that is singular
+    up to rounding (a continuum of modes) gives none, whether or not its Cholesky factor
+    happens to exist, so the start does not depend on the machine's rounding."""
+    hessian = torch.tensor([[4.0, 1.0], [1.0, 3.0]], dtype=torch.float64)
+    laplace = start_module._laplace_covariance(hessian)
+    assert laplace is not None
+    assert torch.allclose(laplace.scale_tril @ laplace.scale_tril.T, torch.linalg.inv(hessian))
+    assert torch.allclose(laplace.sd, torch.linalg.inv(hessian).diagonal().sqrt())
+    assert laplace.condition == pytest.approx(float(torch.linalg.cond(hessian)))
+    normal = torch.tensor([0.6, 0.8], dtype=torch.float64)  # a ring's radial direction
+    for tangential in (0.0, 1e-14, 1e-11):
+        singular = 50.0 * torch.outer(normal, normal) + tangential * torch.eye(2).double()
+        assert start_module._laplace_covariance(singular) is None, tangential
+    assert start_module._laplace_covariance(torch.diag(torch.tensor([1e6, 1.0]).double()))
+
+
+def test_a_ring_of_modes_starts_from_the_hessian_diagonal_with_the_reason():
+    """A ring density is constant along its circle: at the MAP the Hessian is singular, the
+    full Laplace start is refused and the reason says so (one machine's rounding once made it
+    a "mode" and another's raised inside the Cholesky factorization)."""
+
+    def ring():
+        z = pyro.sample("z", dist.Normal(torch.tensor([0.3, -0.2]), 3.0).to_event(1))
+        radius = z.pow(2).sum(-1).sqrt()
+        pyro.factor(
+            "ring",
+            -((radius - 2.5) ** 2) / (2 * 0.25**2)
+            - dist.Normal(torch.tensor([0.3, -0.2]), 3.0).to_event(1).log_prob(z),
+        )
+
+    for seed in range(3):
+        pyro.set_rng_seed(seed)
+        guide = pyroflows.AutoIAF(ring)
+        guide()
+        candidates = [k for k in guide.start.details if k.startswith("elbo_")]
+        assert "elbo_laplace" not in candidates, candidates
+        assert any(k.startswith("elbo_laplace-diagonal") for k in candidates), candidates
+        assert "singular" in guide.start.reason, guide.start.reason
+
+
 def test_a_failed_map_search_falls_back_with_the_reason():
     """A log density that grows without bound: L-BFGS runs off to infinity."""
 

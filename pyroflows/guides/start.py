@@ -9,11 +9,12 @@ The Laplace start (Laplace 1774; MacKay 2003, ch. 27):
    passes); the start's scale is ``chol(H⁻¹)``.
 
 Fallbacks, each with its reason kept in :attr:`Start.reason`: above ``full_hessian_max_dim``
-(or on a Hessian that is not positive definite but has a positive diagonal) the diagonal of
-``H``; on a failed or non-finite L-BFGS run, a subsampled data plate (a MAP on one minibatch
-is wrong), a Hessian with a non-positive diagonal, or a degenerate end point (a Laplace sd
-below what the guide's dtype resolves at its coordinate: the bottom of a funnel, where the log
-joint grows without bound, not a mode), the ``init_loc_fn`` start.
+(or on a Hessian that is not positive definite, or singular in floating point, but has a
+positive diagonal) the diagonal of ``H``; on a failed or non-finite L-BFGS run, a subsampled
+data plate (a MAP on one minibatch is wrong), a Hessian with a non-positive diagonal, or a
+degenerate end point (a Laplace sd below what the guide's dtype resolves at its coordinate:
+the bottom of a funnel, where the log joint grows without bound, not a mode), the
+``init_loc_fn`` start.
 
 Path starts (after Pathfinder, Zhang, Carpenter, Gelman and Vehtari 2022, JMLR 23(306)): when
 the MAP search ends at no usable mode (it failed, or its end is degenerate, or the Hessian
@@ -99,6 +100,14 @@ PATH_MAX_STARTS = 12
 #: up to this many latent dimensions a path point's curvature is its full Hessian (``D``
 #: Hessian-vector products each), above it the diagonal by Hutchinson's estimator
 PATH_FULL_HESSIAN_MAX_DIM = 250
+#: a Hessian whose condition number is at least this is singular for the Laplace start (a
+#: Laplace sd a million times another): a continuum of modes or a flat ridge, where rounding
+#: alone decides whether its Cholesky factor exists. A ring density is constant along its
+#: circle, so its Hessian there is singular in exact arithmetic; in float64 one machine found
+#: it positive definite and another did not, and the start differed. Real posteriors reach
+#: 1e5-1e7 (issue 10), the ill-conditioned benchmark Gaussians 1e4 and 1e6; an exactly singular
+#: Hessian computes to 1e13 or more, or to a negative eigenvalue
+MAX_HESSIAN_CONDITION = 1e12
 
 
 @dataclass
@@ -363,15 +372,14 @@ def _laplace_start(
     try:
         if dim <= full_hessian_max_dim:
             hessian = _hessian_by_rows(negative, z_map)
-            covariance = _inverse_if_positive_definite(hessian)
-            if covariance is not None:
-                scale = torch.linalg.cholesky(covariance)
-                degenerate = _degenerate(z_map, covariance.diagonal().sqrt(), init_loc.dtype)
+            laplace_covariance = _laplace_covariance(hessian)
+            if laplace_covariance is not None:
+                scale = laplace_covariance.scale_tril
+                degenerate = _degenerate(z_map, laplace_covariance.sd, init_loc.dtype)
                 if degenerate is not None:
                     fallback.reason = degenerate
                     return without_a_mode()
-                eigenvalues = torch.linalg.eigvalsh(hessian)
-                details["hessian_condition"] = float(eigenvalues[-1] / eigenvalues[0])
+                details["hessian_condition"] = laplace_covariance.condition
                 details["seconds"] = time.perf_counter() - start_time
                 laplace = Start(
                     "laplace",
@@ -389,10 +397,16 @@ def _laplace_start(
                 fallback.details["modes"] = starts[0].details["modes"]
                 return starts + [fallback]
             curvature = hessian.diagonal()
-            why = "the Hessian at the MAP is not positive definite; its diagonal is used"
+            why = (
+                "the Hessian at the MAP is not positive definite, or singular (condition "
+                f"number at least {MAX_HESSIAN_CONDITION:g}); its diagonal is used"
+            )
             # a saddle or a ridge, not a mode: Gaussians along the path compete as well
             path_starts = _path_starts(
-                negative, path, "the Hessian at the MAP is not positive definite", init_loc.dtype
+                negative,
+                path,
+                "the Hessian at the MAP is not positive definite, or singular",
+                init_loc.dtype,
             )
         else:
             path_starts = []
@@ -470,9 +484,9 @@ def _local_gaussian_scale(negative, z: torch.Tensor):
         hessian = _hessian_by_rows(negative, z)
         if not bool(torch.isfinite(hessian).all()):
             return None, None, None
-        covariance = _inverse_if_positive_definite(hessian)
-        if covariance is not None:
-            return torch.linalg.cholesky(covariance), covariance.diagonal().sqrt(), "Hessian"
+        laplace = _laplace_covariance(hessian)
+        if laplace is not None:
+            return laplace.scale_tril, laplace.sd, "Hessian"
         curvature = hessian.diagonal()
     else:
         curvature = _hessian_diagonal(negative, z)
@@ -481,11 +495,35 @@ def _local_gaussian_scale(negative, z: torch.Tensor):
     return curvature.rsqrt(), curvature.rsqrt(), "Hessian's diagonal"
 
 
-def _inverse_if_positive_definite(hessian: torch.Tensor) -> torch.Tensor | None:
-    """``H⁻¹`` of a symmetric Hessian by its Cholesky factor, or ``None`` where ``H`` is not
-    positive definite (no Laplace approximation there)."""
+@dataclass(frozen=True)
+class _LaplaceCovariance:
+    """``H⁻¹``, its lower Cholesky factor, and the condition number of ``H``."""
+
+    covariance: torch.Tensor
+    scale_tril: torch.Tensor
+    condition: float
+
+    @property
+    def sd(self) -> torch.Tensor:
+        return self.covariance.diagonal().sqrt()
+
+
+def _laplace_covariance(hessian: torch.Tensor) -> _LaplaceCovariance | None:
+    """``H⁻¹`` of a symmetric Hessian and its Cholesky factor, or ``None`` where ``H`` is not
+    positive definite, or is singular in floating point (condition number at least
+    :data:`MAX_HESSIAN_CONDITION`): no Laplace approximation there."""
     chol = torch.linalg.cholesky_ex(hessian)
-    return torch.cholesky_inverse(chol.L) if chol.info == 0 else None
+    if chol.info != 0:
+        return None
+    eigenvalues = torch.linalg.eigvalsh(hessian)
+    condition = float(eigenvalues[-1] / eigenvalues[0])
+    if not (eigenvalues[0] > 0 and condition < MAX_HESSIAN_CONDITION):
+        return None
+    covariance = torch.cholesky_inverse(chol.L)
+    scale = torch.linalg.cholesky_ex(covariance)
+    if scale.info != 0:
+        return None
+    return _LaplaceCovariance(covariance, scale.L, condition)
 
 
 def _degenerate(z: torch.Tensor, sd: torch.Tensor, dtype: torch.dtype) -> str | None:
@@ -612,10 +650,10 @@ def _multistart_modes(
             hessian = _hessian_by_rows(negative, z)
         except RuntimeError:
             continue
-        covariance = _inverse_if_positive_definite(hessian)
-        if covariance is None:  # a saddle or a ridge: no Gaussian to put there
+        laplace = _laplace_covariance(hessian)
+        if laplace is None:  # a saddle or a ridge: no Gaussian to put there
             continue
-        modes.append(_laplace_mode(z, torch.linalg.cholesky(covariance), -value))
+        modes.append(_laplace_mode(z, laplace.scale_tril, -value))
     modes.sort(key=lambda mode: -mode.log_mass)
     total = torch.logsumexp(torch.tensor([mode.log_mass for mode in modes]), 0)
     return [mode for mode in modes if mode.log_mass - float(total) >= math.log(MODE_MIN_SHARE)]
