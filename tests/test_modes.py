@@ -246,6 +246,39 @@ def test_auto_tempering_is_longer_where_the_start_found_several_modes():
     assert _auto_anneal_steps(two_modes, 400) == 100
 
 
+def ring_model():
+    """A ring of radius 2.5 and width 0.25: its log density is constant along the circle, so
+    the Hessian at any MAP is singular (no isolated mode)."""
+    base = dist.Normal(torch.tensor([0.3, -0.2]), 3.0).to_event(1)
+    z = pyro.sample("z", base)
+    radius = z.pow(2).sum(-1).sqrt()
+    pyro.factor("ring", -((radius - 2.5) ** 2) / (2 * 0.25**2) - base.log_prob(z))
+
+
+def test_auto_tempering_is_longer_where_the_map_is_no_isolated_mode():
+    """A MAP search that ends where the Hessian is singular (a ring's circle of maxima) found
+    no isolated mode: every candidate start says so, and a multimodal guide tempers as long
+    as where several modes were found; a unimodal one still does not temper."""
+    from pyroflows.diagnostics.modes import start_found_no_isolated_mode
+    from pyroflows.infer.fit import AUTO_ANNEAL_STEPS_SEVERAL_MODES, _auto_anneal_steps
+
+    pyro.set_rng_seed(0)
+    ring = pyroflows.AutoNAF(ring_model)
+    ring()
+    assert start_found_no_isolated_mode(ring), ring.start.reason
+    assert _auto_anneal_steps(ring, 20000) == AUTO_ANNEAL_STEPS_SEVERAL_MODES
+    pyro.clear_param_store()
+    unimodal = pyroflows.AutoIAF(ring_model)
+    unimodal()
+    assert start_found_no_isolated_mode(unimodal)
+    assert _auto_anneal_steps(unimodal, 20000) == 0
+    pyro.clear_param_store()
+    problem = linear_regression(dim=3)
+    one_mode = pyroflows.AutoNAF(problem.model)
+    one_mode(*problem.args)
+    assert not start_found_no_isolated_mode(one_mode)
+
+
 def test_fit_resolves_auto_tempering_from_the_guide_it_sets_up(monkeypatch):
     """fit decides on the tempering after it has set the guide up (a fresh guide has no
     start before): a fresh AutoNAF on the two-mode model gets the several-modes length (made

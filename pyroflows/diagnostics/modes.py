@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import torch
 
 from pyroflows.diagnostics.defensive import guide_draws_and_log_q, random_state_kept
-from pyroflows.guides.start import points_log_joint
+from pyroflows.guides.start import NOT_AN_ISOLATED_MODE, points_log_joint
 
 __all__ = ["MISSED_MASS_THRESHOLD", "SHARE_ERROR_THRESHOLD", "ModeCoverage", "mode_coverage"]
 
@@ -120,6 +120,13 @@ def guide_modes(guide) -> list:
     if start is None:
         return []
     return list(start.details.get("modes", ()))
+
+
+def start_found_no_isolated_mode(guide) -> bool:
+    """Whether the guide's MAP search ended where the Hessian is singular or indefinite (see
+    :data:`pyroflows.guides.start.NOT_AN_ISOLATED_MODE`)."""
+    start = getattr(guide, "start", None)
+    return bool(start is not None and start.details.get(NOT_AN_ISOLATED_MODE, False))
 
 
 def mode_coverage(

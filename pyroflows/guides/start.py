@@ -108,6 +108,11 @@ PATH_FULL_HESSIAN_MAX_DIM = 250
 #: 1e5-1e7 (issue 10), the ill-conditioned benchmark Gaussians 1e4 and 1e6; an exactly singular
 #: Hessian computes to 1e13 or more, or to a negative eigenvalue
 MAX_HESSIAN_CONDITION = 1e12
+#: ``Start.details`` key, true on every candidate start of a MAP search that ended where the
+#: Hessian is singular or indefinite: no isolated mode (a ring's circle of maxima, a ridge, a
+#: saddle), so the posterior is far from one Gaussian bump, and ``fit`` tempers a multimodal
+#: guide as long as where several modes were found
+NOT_AN_ISOLATED_MODE = "not_an_isolated_mode"
 
 
 @dataclass
@@ -356,6 +361,7 @@ def _laplace_start(
         return -unconstrained_log_joint(guide, z, args, kwargs)
 
     path: list[torch.Tensor] = []
+    not_isolated = False
 
     def without_a_mode() -> list[Start]:
         # the MAP search's end is no usable mode: Gaussians along its path compete instead
@@ -397,6 +403,7 @@ def _laplace_start(
                 fallback.details["modes"] = starts[0].details["modes"]
                 return starts + [fallback]
             curvature = hessian.diagonal()
+            not_isolated = True
             why = (
                 "the Hessian at the MAP is not positive definite, or singular (condition "
                 f"number at least {MAX_HESSIAN_CONDITION:g}); its diagonal is used"
@@ -433,7 +440,11 @@ def _laplace_start(
         f"MAP by L-BFGS ({evaluations} evaluations); {why}",
         details,
     )
-    return [laplace, *path_starts, fallback]
+    starts = [laplace, *path_starts, fallback]
+    if not_isolated:
+        for start in starts:
+            start.details[NOT_AN_ISOLATED_MODE] = True
+    return starts
 
 
 def _path_indices(count: int) -> list[int]:

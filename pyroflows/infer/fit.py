@@ -46,7 +46,7 @@ from pyroflows.diagnostics.free_energy import (
     free_energy_report,
     importance_log_weights,
 )
-from pyroflows.diagnostics.modes import guide_modes
+from pyroflows.diagnostics.modes import guide_modes, start_found_no_isolated_mode
 from pyroflows.diagnostics.tracing import (
     _VECTORIZE_ADVICE,
     NotVectorizableWarning,
@@ -290,7 +290,11 @@ AUTO_ANNEAL_STEPS = 500
 #: ... and such a guide whose multi-start MAP found several modes (``guide.start``): 500 steps
 #: of β rising from 0.05 to 1 keep both modes of the equal-weight development target but lose
 #: the light one of the 0.25/0.75 target (AutoNAF, 4 seeds of 4, KL 0.29 = -log 0.75); 1500
-#: keep both on all 8 fits (KL 0.08-0.20 and 0.01-0.03)
+#: keep both on all 8 fits (KL 0.08-0.20 and 0.01-0.03). Also where the MAP search ended at no
+#: isolated mode (a singular or indefinite Hessian: a ring's circle of maxima, a ridge): on two
+#: development rings (radius 2 and width 0.3, radius 3 and width 0.2; AutoNAF, 4 seeds each)
+#: 500 steps gave KL 0.11/0.049/0.005/0.068 and 0.44/0.039/0.40/0.20, 1500 steps
+#: 0.011/0.036/0.012/0.045 and 0.45/0.076/0.41/0.16
 AUTO_ANNEAL_STEPS_SEVERAL_MODES = 1500
 
 
@@ -300,7 +304,7 @@ def _auto_anneal_steps(guide, run_steps: int) -> int:
     ``max_steps``)."""
     if not getattr(guide, "multimodal", False):
         return 0
-    several_modes = len(guide_modes(guide)) > 1
+    several_modes = len(guide_modes(guide)) > 1 or start_found_no_isolated_mode(guide)
     steps = AUTO_ANNEAL_STEPS_SEVERAL_MODES if several_modes else AUTO_ANNEAL_STEPS
     return min(steps, run_steps // 4)
 
@@ -390,8 +394,9 @@ def fit(
     * ``anneal_steps="auto"``: 500 steps of tempering (below) for guides that can represent
       several modes (``guide.multimodal``: NAF and spline flows), 1500 where the guide's
       multi-start MAP found several modes (500 lost the light mode of a 0.25/0.75 development
-      mixture on 4 seeds of 4, 1500 on none: :data:`AUTO_ANNEAL_STEPS_SEVERAL_MODES`), at most
-      a quarter of ``steps`` (or of ``max_steps``); none for the others.
+      mixture on 4 seeds of 4, 1500 on none: :data:`AUTO_ANNEAL_STEPS_SEVERAL_MODES`) or its
+      MAP search ended at no isolated mode (a singular or indefinite Hessian: a ring's circle of
+      maxima), at most a quarter of ``steps`` (or of ``max_steps``); none for the others.
     * a non-finite loss or gradient after the first step is not applied: the step is retried
       with fresh draws at a learning rate ``NONFINITE_BACKOFF_FACTOR`` (3) times smaller, at
       most ``NONFINITE_BACKOFFS`` (3) times per fit (``settings["lr_backoffs"]`` lists them),
