@@ -66,7 +66,7 @@ STEP_DOWN_FACTOR = 3.0
 STEP_DOWN_FLOOR = 1e-3
 #: (auto steps) steps of a stage after a step down before the rule judges it again: as many
 #: as the first stage gets (``StoppingRule.min_steps``). A 3× smaller rate descends 3× more
-#: slowly, and over 300 steps its progress hid in the iterates' own noise (a 10-D funnel's
+#: slowly, and over 300 steps its progress hid in the iterates' own noise (an 8-D funnel's
 #: free energy swings by 0.1 nats between checks 100 steps apart), so stages ended early and
 #: the fit stopped short: on the development targets (2 seeds, AutoIAF and AutoNAF, median
 #: KL) 300 → 1000 took an 8-D funnel with log-scale sd 2.5 from 0.17 to 0.12 (AutoIAF) and
