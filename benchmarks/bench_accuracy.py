@@ -45,6 +45,7 @@ It prints the tables and writes ``benchmarks/results/accuracy_cpu.json`` (``--qu
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import importlib.util
 import json
 import logging
@@ -53,6 +54,7 @@ import multiprocessing
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -420,6 +422,57 @@ def _restore(value):
     return value
 
 
+def _cpu_model() -> str | None:
+    """The processor's model name (Linux), or ``None``: runs on two machines of one
+    architecture differ in speed, and can differ in rounding."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def _git_commit(directory: Path) -> str | None:
+    """The commit checked out at ``directory`` (with ``+dirty`` if it has uncommitted
+    changes), or ``None`` outside a git checkout."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=directory,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("+dirty" if dirty else "")
+
+
+def environment() -> dict:
+    """What a results file needs to be reproduced: versions (zuko's too, ``None`` if it is
+    not installed), the pyroflows commit that ran, and the machine."""
+    import pyroflows
+
+    zuko = importlib.util.find_spec("zuko")
+    return {
+        "pyroflows": pyroflows.__version__,
+        "pyroflows_path": pyroflows.__file__,
+        "commit": _git_commit(Path(pyroflows.__file__).resolve().parent),
+        "torch": torch.__version__,
+        "pyro": pyro.__version__,
+        "zuko": importlib.metadata.version("zuko") if zuko is not None else None,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpu": _cpu_model(),
+        "threads": torch.get_num_threads(),
+    }
+
+
 def merge_previous(
     options: argparse.Namespace, records: list[dict], errors: list[dict], runtime: dict
 ) -> tuple[list[dict], list[dict], list[dict]]:
@@ -458,6 +511,7 @@ def merge_previous(
             "targets": options.targets,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "runtime": runtime,
+            "environment": environment(),
         }
     )
     options.targets = list(dict.fromkeys(r["target"] for r in merged))
@@ -630,15 +684,7 @@ def main(argv: list[str] | None = None) -> None:
         },
         "skipped": skipped,
         "errors": errors,
-        "environment": {
-            "pyroflows": pyroflows.__version__,
-            "pyroflows_path": pyroflows.__file__,
-            "torch": torch.__version__,
-            "pyro": pyro.__version__,
-            "python": platform.python_version(),
-            "machine": platform.machine(),
-            "threads": torch.get_num_threads(),
-        },
+        "environment": environment(),
         "runtime": runtime,
         "updates": updates,
         "summary": rows,

@@ -270,3 +270,20 @@ def test_a_run_that_needs_zuko_without_it_stops_at_once(monkeypatch, capsys):
         ["--targets", "banana_2", "--peers", "AutoNormal", "--output", "/dev/null"]
     )
     assert options.peers == ["AutoNormal"]
+
+
+def test_a_results_file_names_the_commit_versions_and_machine_that_made_it():
+    """Two runs of the same code on two machines gave different starts (rounding), and the
+    zuko version of earlier runs was not recorded: the environment now says all of it."""
+    environment = bench_accuracy.environment()
+    for key in ("pyroflows", "commit", "torch", "pyro", "zuko", "python", "machine", "cpu"):
+        assert key in environment, key
+    checkout = Path(bench_accuracy.__file__).resolve().parent.parent
+    if (checkout / ".git").exists():
+        commit = environment["commit"]
+        assert commit is not None
+        assert len(commit.removesuffix("+dirty")) == 40
+        int(commit.removesuffix("+dirty"), 16)  # hexadecimal
+    has_zuko = bench_accuracy.importlib.util.find_spec("zuko") is not None
+    assert (environment["zuko"] is not None) == has_zuko
+    assert bench_accuracy._git_commit(Path("/")) is None or (Path("/") / ".git").exists()
