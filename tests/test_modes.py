@@ -246,16 +246,7 @@ def test_auto_tempering_is_longer_where_the_start_found_several_modes():
     assert _auto_anneal_steps(two_modes, 400) == 100
 
 
-def ring_model():
-    """A ring of radius 2.5 and width 0.25: its log density is constant along the circle, so
-    the Hessian at any MAP is singular (no isolated mode)."""
-    base = dist.Normal(torch.tensor([0.3, -0.2]), 3.0).to_event(1)
-    z = pyro.sample("z", base)
-    radius = z.pow(2).sum(-1).sqrt()
-    pyro.factor("ring", -((radius - 2.5) ** 2) / (2 * 0.25**2) - base.log_prob(z))
-
-
-def test_auto_tempering_is_longer_where_the_map_is_no_isolated_mode():
+def test_auto_tempering_is_longer_where_the_map_is_no_isolated_mode(ring_model):
     """A MAP search that ends where the Hessian is singular (a ring's circle of maxima) found
     no isolated mode: every candidate start says so, and a multimodal guide tempers as long
     as where several modes were found; a unimodal one still does not temper."""
