@@ -17,8 +17,9 @@ On every target and seed:
    the **same time**: the longest time any pyroflows guide took on that target and seed (at
    least ``--min-seconds``), or ``--budget`` seconds if given;
 3. every guide is scored from 4000 fresh draws: KL = log Z - ELBO (with its standard error)
-   where log Z is known, else mean and sd errors in units of the reference posterior sd; the IW
-   gap, PSIS k-hat and verdict (``pyroflows.diagnose``), the time, and the time to quality.
+   where log Z is known, else mean and sd errors in units of the reference posterior sd (these
+   from 16000 draws, ``--moment-samples``, of which the 4000 are the first); the IW gap, PSIS
+   k-hat and verdict (``pyroflows.diagnose``), the time, and the time to quality.
 
 Time to quality: guide snapshots are taken at geometrically spaced times during training
 (every 30 %), each scored afterwards on 1000 draws with common random numbers; ``tq`` is the
@@ -102,11 +103,20 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def score_run(run: TrainedGuide, eval_samples: int, curve_samples: int, reference) -> dict:
-    """Final metrics (``eval_samples`` draws, with k-hat and verdict) and the quality curve
-    (every snapshot, ``curve_samples`` draws, common random numbers)."""
+def score_run(
+    run: TrainedGuide,
+    eval_samples: int,
+    curve_samples: int,
+    reference,
+    moment_samples: int | None = None,
+) -> dict:
+    """Final metrics (``eval_samples`` draws, with k-hat and verdict; the mean and sd errors
+    from ``moment_samples`` draws) and the quality curve (every snapshot, ``curve_samples``
+    draws, common random numbers)."""
     target = run.target
-    final = run.evaluate_state(run.final_state, eval_samples, reference)
+    final = run.evaluate_state(
+        run.final_state, eval_samples, reference, moment_samples=moment_samples
+    )
     curve = []
     for seconds, state in run.snapshots:
         metrics = run.evaluate_state(state, curve_samples, reference, diagnose=False)
@@ -150,9 +160,14 @@ def run_target_seed(
     else:
         longest = max((r.seconds for r in runs), default=options.min_seconds)
         budget = min(max(longest, options.min_seconds), options.max_seconds)
+
+    def score(run: TrainedGuide) -> dict:
+        moments = max(options.moment_samples, options.eval_samples)
+        return score_run(run, options.eval_samples, options.curve_samples, reference, moments)
+
     records = []
     for run in runs:
-        records.append(score_run(run, options.eval_samples, options.curve_samples, reference))
+        records.append(score(run))
         run.snapshots.clear()
     for label in options.peers:
         run = train_peer(target, label, seed, budget, clock, snapshot_ratio=options.snapshot_ratio)
@@ -160,7 +175,7 @@ def run_target_seed(
             f"  {target.name} seed {seed}: {label} {run.seconds:.1f} s, {run.steps} steps, "
             f"{run.status} {run.note}"
         )
-        records.append(score_run(run, options.eval_samples, options.curve_samples, reference))
+        records.append(score(run))
         run.snapshots.clear()
     best_final = min(r["curve"][-1][1] for r in records)
     for record in records:
@@ -386,6 +401,7 @@ UPDATE_MUST_MATCH = (
     "min_seconds",
     "budget",
     "eval_samples",
+    "moment_samples",
     "curve_samples",
     "snapshot_ratio",
     "clock",
@@ -482,10 +498,13 @@ def merge_previous(
         ValueError: the file was written with other settings (:data:`UPDATE_MUST_MATCH`).
     """
     previous = json.loads(options.output.read_text())
+    stored = dict(previous["options"])
+    # files from before --moment-samples took the mean and sd errors from the eval draws
+    stored.setdefault("moment_samples", stored.get("eval_samples"))
     mismatched = {
-        k: (previous["options"].get(k), getattr(options, k))
+        k: (stored.get(k), getattr(options, k))
         for k in UPDATE_MUST_MATCH
-        if previous["options"].get(k) != getattr(options, k)
+        if stored.get(k) != getattr(options, k)
     }
     if mismatched:
         raise ValueError(
@@ -555,7 +574,19 @@ def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="fixed seconds for every peer (default: the pyroflows guides' time)",
     )
-    parser.add_argument("--eval-samples", type=int, default=4000)
+    parser.add_argument(
+        "--eval-samples",
+        type=int,
+        default=4000,
+        help="draws that score each final guide (ELBO, KL, IW gap, k-hat, verdict)",
+    )
+    parser.add_argument(
+        "--moment-samples",
+        type=int,
+        default=16000,
+        help="draws for the mean and sd errors (at least --eval-samples): a mean's Monte Carlo "
+        "error is 1/sqrt(draws) sd, and the sd error is a max over coordinates",
+    )
     parser.add_argument("--curve-samples", type=int, default=1000)
     parser.add_argument("--snapshot-ratio", type=float, default=1.3)
     parser.add_argument("--clock", choices=["process", "wall"], default="process")

@@ -96,6 +96,29 @@ def test_a_too_narrow_guide_has_the_kl_of_its_scale_error():
     assert abs(metrics["log_sd_error_max"] - math.log(2)) < 0.1
 
 
+def test_moment_errors_come_from_the_moment_draws_and_the_rest_from_the_first_draws():
+    """With ``moment_samples``, the mean and sd errors are those of that many draws, and the
+    ELBO, IW gap and k-hat those of the first ``num_samples`` of them: the same numbers as two
+    separate evaluations with the same seed (the draws come in the same order)."""
+    target = build_target("linreg_10")
+    mean = torch.as_tensor(target.exact_moments()[0], dtype=torch.float32)
+
+    def wide_guide(x, y=None):
+        pyro.sample("w", dist.Normal(mean, 1.0).to_event(1))
+
+    few = evaluate_guide(target, wide_guide, 1000)
+    many = evaluate_guide(target, wide_guide, 6000, diagnose=False)
+    both = evaluate_guide(target, wide_guide, 1000, moment_samples=6000)
+    assert both["num_samples"] == 1000 and both["moment_samples"] == 6000
+    for key in ("elbo", "elbo_se", "iw_bound", "kl", "khat"):
+        assert both[key] == few[key], key
+    for key in ("mean_error_max", "log_sd_error_max", "sd_error"):
+        assert both[key] == many[key], key
+        assert both[key] != few[key], key
+    with pytest.raises(ValueError, match="moment_samples=500 must be at least"):
+        evaluate_guide(target, wide_guide, 1000, moment_samples=500)
+
+
 def test_time_to_quality_is_the_first_time_within_the_goal():
     curve = [(0.1, 5.0), (0.2, 1.0), (0.4, 0.3), (0.8, 0.32), (1.0, 0.28)]
     assert time_to_quality(curve, 0.28 + 0.05) == 0.4
@@ -287,3 +310,28 @@ def test_a_results_file_names_the_commit_versions_and_machine_that_made_it():
     has_zuko = bench_accuracy.importlib.util.find_spec("zuko") is not None
     assert (environment["zuko"] is not None) == has_zuko
     assert bench_accuracy._git_commit(Path("/")) is None or (Path("/") / ".git").exists()
+
+
+def test_an_update_refuses_a_file_whose_moment_errors_came_from_fewer_draws(tmp_path):
+    """A file from before --moment-samples took its mean and sd errors from its eval draws:
+    updating it at the new default would mix two floors of the sd error in one table."""
+    import json
+
+    def options_for(*extra: str):
+        return bench_accuracy.parse_options(
+            ["--targets", "banana_2", "--guides", "iaf", "--peers", "AutoNormal", "--update"]
+            + ["--output", str(tmp_path / "old.json"), *extra]
+        )
+
+    current = options_for()
+    stored = {k: getattr(current, k) for k in bench_accuracy.UPDATE_MUST_MATCH}
+    stored.pop("moment_samples")
+    stored["targets"] = ["banana_2"]
+    (tmp_path / "old.json").write_text(
+        json.dumps({"options": stored, "runs": [], "created": "then"})
+    )
+    with pytest.raises(ValueError, match="moment_samples"):
+        bench_accuracy.merge_previous(current, [], [], {})
+    same_floor = options_for("--moment-samples", str(current.eval_samples))
+    runs, errors, _ = bench_accuracy.merge_previous(same_floor, [], [], {})
+    assert runs == [] and errors == []

@@ -29,7 +29,8 @@ log q(z_s)``:
   verdict from ``pyroflows.diagnose``;
 * per scalar coordinate ``i`` (constrained space): the mean error ``|mean_q - mean_p| / sd_p``
   and ``|log(sd_q / sd_p)|``; their max and mean over coordinates; the **sd error**
-  ``max_i max(mean error_i, |log sd ratio_i|)``.
+  ``max_i max(mean error_i, |log sd ratio_i|)`` (optionally from more draws than the rest:
+  ``moment_samples``).
 
 Example:
     >>> from accuracy.targets import build_target
@@ -46,7 +47,7 @@ import inspect
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 import numpy as np
@@ -203,6 +204,7 @@ class TrainedGuide:
         num_samples: int,
         reference: ReferenceMoments,
         diagnose: bool = True,
+        moment_samples: int | None = None,
     ) -> dict:
         """:func:`evaluate_guide` of the guide at ``state``; a guide that cannot be built
         gets ``{"error": ...}`` instead of figures."""
@@ -214,7 +216,12 @@ class TrainedGuide:
                 "error": f"{type(error).__name__}: {str(error).splitlines()[0][:200]}",
             }
         return evaluate_guide(
-            self.target, guide, num_samples, reference=reference, diagnose=diagnose
+            self.target,
+            guide,
+            num_samples,
+            reference=reference,
+            diagnose=diagnose,
+            moment_samples=moment_samples,
         )
 
 
@@ -503,6 +510,7 @@ def evaluate_guide(
     seed: int = 12345,
     reference: ReferenceMoments | None = None,
     diagnose: bool = True,
+    moment_samples: int | None = None,
 ) -> dict:
     """The metrics of ``guide`` on ``target`` from ``num_samples`` fresh draws (seeded with
     ``seed``, so every snapshot of a run is scored on common random numbers).
@@ -512,20 +520,32 @@ def evaluate_guide(
     ``sd_error`` (see the module docstring), and with ``diagnose=True`` also ``khat``,
     ``verdict`` and ``ess`` from ``pyroflows.diagnose``. A guide whose draws fail (NaN, an
     exception) gets ``error`` and no figures.
+
+    ``moment_samples`` (at least ``num_samples``; default ``num_samples``): the mean and sd
+    errors come from this many draws, of which the first ``num_samples`` give everything else
+    (ELBO, KL, IW gap, k-hat and verdict keep the meaning they have at the library's default
+    number of draws). The sd error is a max over coordinates of errors that each carry the
+    guide's own Monte Carlo error, ``1/sqrt(draws)`` sd in a mean; more draws lower that floor.
     """
     from pyroflows import diagnose as pyroflows_diagnose
     from pyroflows.diagnostics.draws import draw_posterior
 
+    moment_samples = num_samples if moment_samples is None else moment_samples
+    if moment_samples < num_samples:
+        raise ValueError(
+            f"moment_samples={moment_samples} must be at least num_samples={num_samples}"
+        )
     reference = reference or target.reference_moments()
     pyro.set_rng_seed(seed)
-    metrics: dict = {"num_samples": num_samples}
+    metrics: dict = {"num_samples": num_samples, "moment_samples": moment_samples}
     try:
-        draws = draw_posterior(
-            target.model, guide, *target.args, num_samples=num_samples, chunk_size=500
+        all_draws = draw_posterior(
+            target.model, guide, *target.args, num_samples=moment_samples, chunk_size=500
         )
     except Exception as error:  # a broken guide (NaN parameters, a failed Cholesky...)
         metrics["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
         return metrics
+    draws = _first_draws(all_draws, num_samples)
     log_w = draws.log_weights.detach().double()
     if not bool(torch.isfinite(log_w).all()):
         bad = int((~torch.isfinite(log_w)).sum())
@@ -537,7 +557,7 @@ def evaluate_guide(
     metrics["iw_bound"] = float(torch.logsumexp(log_w, 0) - math.log(num_samples))
     metrics["iw_gap"] = metrics["iw_bound"] - elbo
     metrics["kl"] = None if target.log_evidence is None else target.log_evidence - elbo
-    values = flatten_draws(draws.samples, target.sites)
+    values = flatten_draws(all_draws.samples, target.sites)
     mean_error = np.abs(values.mean(0) - reference.mean) / reference.sd
     log_sd_error = np.abs(np.log(values.std(0, ddof=1) / reference.sd))
     metrics["mean_error_max"] = float(mean_error.max())
@@ -560,6 +580,24 @@ def evaluate_guide(
         except Exception as error:  # the diagnostic itself failed: say so, keep the rest
             metrics["diagnose_error"] = f"{type(error).__name__}: {error}"[:200]
     return metrics
+
+
+def _first_draws(draws, count: int):
+    """The first ``count`` of ``draws`` (a ``PosteriorDraws``; itself where it has no more)."""
+    if draws.num_samples <= count:
+        return draws
+
+    def first(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {name: tensor[:count] for name, tensor in tensors.items()}
+
+    return replace(
+        draws,
+        samples=first(draws.samples),
+        log_q=draws.log_q[:count],
+        log_joint=draws.log_joint[:count],
+        log_likelihood=first(draws.log_likelihood),
+        predictive=first(draws.predictive),
+    )
 
 
 def quality(target: Target, metrics: dict) -> float:
