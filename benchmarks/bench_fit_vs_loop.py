@@ -8,7 +8,8 @@ accuracy benchmark's plain peer loop (``accuracy.harness.PEER_TRAINING``: Adam 5
 ``Trace_ELBO`` with 8 vectorized particles, the loop the issue found better than ``fit``'s old
 defaults) for the CPU time the fit took, start and report included. Both are scored like the
 accuracy benchmark scores them: KL(q‖p) in nats where log Z is known, else the largest mean or
-log-sd error in posterior sds, from 4000 fresh draws.
+log-sd error in posterior sds, from 4000 fresh draws (the mean and sd errors from 16000, as
+``bench_accuracy.py --moment-samples`` does, to lower the Monte Carlo floor under them).
 
 The table gives per target and guide the median quality of each and the median and range of
 the seed-wise ratio fit / loop (< 1: ``fit`` is better; qualities under 0.01 count as 0.01, so
@@ -54,6 +55,8 @@ import pyroflows  # noqa: E402
 
 RESULTS = HERE / "results"
 DRAWS = 4000
+#: draws for the mean and sd errors (``bench_accuracy.py``'s default ``--moment-samples``)
+MOMENT_DRAWS = 16000
 #: qualities below this count as this in the ratios
 RATIO_FLOOR = 0.01
 #: a fit is capped at this many CPU seconds (none of the held-out fits comes near it)
@@ -69,7 +72,9 @@ def run_one(job: tuple[str, str, int]) -> dict:
     reference = target.reference_moments()
     clock = Clock("process")
     fitted = train_pyroflows(target, family, seed, TIME_CAP, clock)
-    fit_metrics = fitted.evaluate_state(fitted.final_state, DRAWS, reference, diagnose=False)
+    fit_metrics = fitted.evaluate_state(
+        fitted.final_state, DRAWS, reference, diagnose=False, moment_samples=MOMENT_DRAWS
+    )
     looped = train_peer(
         target,
         f"{fitted.label} (plain SVI)",
@@ -79,7 +84,9 @@ def run_one(job: tuple[str, str, int]) -> dict:
         build=partial(pyroflows.make_guide, family),
         kind="plain_loop",
     )
-    loop_metrics = looped.evaluate_state(looped.final_state, DRAWS, reference, diagnose=False)
+    loop_metrics = looped.evaluate_state(
+        looped.final_state, DRAWS, reference, diagnose=False, moment_samples=MOMENT_DRAWS
+    )
     return {
         "target": target_name,
         "guide": fitted.label,
@@ -156,6 +163,7 @@ def main() -> None:
         "benchmark": "fit_vs_loop",
         "loop": PEER_TRAINING,
         "draws": DRAWS,
+        "moment_draws": MOMENT_DRAWS,
         "seeds": options.seeds,
         "wall_seconds": time.perf_counter() - started,
         "pyroflows": pyroflows.__version__,
