@@ -117,6 +117,19 @@ def test_a_ring_of_modes_starts_from_the_hessian_diagonal_with_the_reason(ring_m
         assert "elbo_laplace" not in candidates, candidates
         assert any(k.startswith("elbo_laplace-diagonal") for k in candidates), candidates
         assert "singular" in guide.start.reason, guide.start.reason
+        # no narrowed copies of a start at a point of the circle compete
+        assert not any("×" in k for k in candidates), candidates
+
+
+def test_narrowed_laplace_starts_compete_at_an_isolated_mode():
+    """The counterpart of the ring: at a mode with a positive-definite Hessian, the Laplace
+    start and its copies narrowed by every ``LAPLACE_SHRINK_FACTORS`` factor compete."""
+    problem = banana()
+    guide = pyroflows.AutoIAF(problem.model)
+    guide(*problem.args)
+    candidates = [k for k in guide.start.details if k.startswith("elbo_")]
+    for factor in pyroflows.guides.base.LAPLACE_SHRINK_FACTORS:
+        assert f"elbo_laplace×{factor:g}" in candidates, candidates
 
 
 def test_a_failed_map_search_falls_back_with_the_reason():

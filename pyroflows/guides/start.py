@@ -442,6 +442,7 @@ def _laplace_start(
     )
     starts = [laplace, *path_starts, fallback]
     if not_isolated:
+        fallback.reason = f"{fallback.reason} (the MAP is no isolated mode: {why})"
         for start in starts:
             start.details[NOT_AN_ISOLATED_MODE] = True
     return starts
