@@ -86,19 +86,13 @@ class ModeCoverage:
     @property
     def missed_mode(self) -> bool:
         """The missed mass is at least :data:`MISSED_MASS_THRESHOLD` and significant."""
-        return (
-            self.missed_mass >= MISSED_MASS_THRESHOLD
-            and self.missed_mass > MISSED_MASS_SIGMAS * self.missed_mass_se
-        )
+        return _large_and_significant(self.missed_mass, self.missed_mass_se, MISSED_MASS_THRESHOLD)
 
     @property
     def misweighted(self) -> bool:
         """The guide holds the modes with the wrong weights: the share error is at least
         :data:`SHARE_ERROR_THRESHOLD` and significant."""
-        return (
-            self.share_error >= SHARE_ERROR_THRESHOLD
-            and self.share_error > MISSED_MASS_SIGMAS * self.share_error_se
-        )
+        return _large_and_significant(self.share_error, self.share_error_se, SHARE_ERROR_THRESHOLD)
 
     def __str__(self) -> str:
         def listed(shares: tuple[float, ...]) -> str:
@@ -112,6 +106,12 @@ class ModeCoverage:
             f"{listed(self.posterior_shares)} weighted, error {self.share_error:.2f} ± "
             f"{self.share_error_se:.2f}" + ("  WEIGHTS OFF" if self.misweighted else "")
         )
+
+
+def _large_and_significant(estimate: float, standard_error: float, threshold: float) -> bool:
+    """``estimate`` is at least ``threshold`` and more than :data:`MISSED_MASS_SIGMAS` of its
+    standard errors above zero."""
+    return estimate >= threshold and estimate > MISSED_MASS_SIGMAS * standard_error
 
 
 def guide_modes(guide) -> list:
