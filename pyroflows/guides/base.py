@@ -64,7 +64,11 @@ START_DRAWS = 64
 #: development rings (AutoNAF, 10 seeds each, median KL) radius 3 and width 0.2 went from 0.31
 #: to 0.15 (per seed 0.45/0.076/0.41/0.16/0.35/0.41/0.37/0.035/0.27/0.048 to
 #: 0.0066/0.076/0.39/0.16/0.35/0.41/0.41/0.035/0.14/0.048), radius 2 and width 0.3 from 0.035
-#: to 0.036 (the largest change 0.012 to 0.042)
+#: to 0.036 (the largest change 0.012 to 0.042). A caveat on that evidence: the large gains
+#: (seeds 0 and 8 of the first ring) are seeds where the ``init_loc_fn`` start then won, and
+#: on these rings ``init_to_median`` sits near the circle's centre by their construction (a
+#: broad base centred at (0.3, -0.2)), a start from which a flow spreads evenly onto the ring;
+#: on the held-out ring the change left AutoNAF at 0.33/0.034 nats
 LAPLACE_SHRINK_FACTORS = (0.5, 0.25)
 #: a guide with more parameters than this warns when it is built: with gradients and Adam's
 #: two moments, training holds about four float32 copies (1.6 GB at 100M parameters) plus
