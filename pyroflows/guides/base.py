@@ -42,7 +42,6 @@ from pyroflows.guides.path_gradients import (
 )
 from pyroflows.guides.start import (
     FULL_HESSIAN_MAX_DIM,
-    NOT_AN_ISOLATED_MODE,
     Start,
     laplace_start,
     points_log_joint,
@@ -56,19 +55,7 @@ __all__ = ["AutoFlowGuide", "GuideSetupError", "LargeGuideWarning", "NoLatentSit
 FULL_AFFINE_MAX_DIM = 1000
 #: draws from which the candidate starts' ELBOs are compared
 START_DRAWS = 64
-#: the Laplace scale is also tried shrunk by these factors, where the MAP is an isolated mode.
-#: Where it is not (a singular or indefinite Hessian: a ring's circle of maxima, a ridge), the
-#: posterior's mass runs along the ridge, and a narrowed start sits at one point of it; the
-#: mode-seeking ELBO of the start's few draws prefers that point, but the fit then has to
-#: grow the guide along the whole ridge. There only the unshrunk starts compete: on two
-#: development rings (AutoNAF, 10 seeds each, median KL) radius 3 and width 0.2 went from 0.31
-#: to 0.15 (per seed 0.45/0.076/0.41/0.16/0.35/0.41/0.37/0.035/0.27/0.048 to
-#: 0.0066/0.076/0.39/0.16/0.35/0.41/0.41/0.035/0.14/0.048), radius 2 and width 0.3 from 0.035
-#: to 0.036 (the largest change 0.012 to 0.042). A caveat on that evidence: the large gains
-#: (seeds 0 and 8 of the first ring) are seeds where the ``init_loc_fn`` start then won, and
-#: on these rings ``init_to_median`` sits near the circle's centre by their construction (a
-#: broad base centred at (0.3, -0.2)), a start from which a flow spreads evenly onto the ring;
-#: on the held-out ring the change left AutoNAF at 0.33/0.034 nats
+#: the Laplace scale is also tried shrunk by these factors
 LAPLACE_SHRINK_FACTORS = (0.5, 0.25)
 #: a guide with more parameters than this warns when it is built: with gradients and Adam's
 #: two moments, training holds about four float32 copies (1.6 GB at 100M parameters) plus
@@ -303,15 +290,11 @@ class AutoFlowGuide(AutoContinuous):
                     full_hessian_max_dim=FULL_HESSIAN_MAX_DIM,
                 )
             # a curved or skewed posterior is poorly covered by its Laplace approximation;
-            # narrower versions of it compete too (the ELBO, being mode seeking, decides),
-            # except where the MAP is no isolated mode (see LAPLACE_SHRINK_FACTORS)
-            factors = (
-                () if candidates[0].details.get(NOT_AN_ISOLATED_MODE) else LAPLACE_SHRINK_FACTORS
-            )
+            # narrower versions of it compete too (the ELBO, being mode seeking, decides)
             candidates = [
                 shrunk
                 for candidate in candidates[:-1]
-                for shrunk in (candidate, *_shrunk(candidate, factors))
+                for shrunk in (candidate, *_shrunk(candidate, LAPLACE_SHRINK_FACTORS))
             ] + candidates[-1:]
         structure = "full" if self.latent_dim <= FULL_AFFINE_MAX_DIM else "diagonal"
         first = candidates[0]
