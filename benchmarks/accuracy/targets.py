@@ -519,12 +519,22 @@ def _builtin_bimodal(name: str) -> Target:
     )
 
 
-def ring_2d(name: str, radius: float, width: float, development: bool) -> Target:
+def ring_2d(
+    name: str,
+    radius: float,
+    width: float,
+    development: bool,
+    base_centre: tuple[float, float] = (0.3, -0.2),
+) -> Target:
     """A ring: ``p(z) ∝ exp(-(|z| - radius)^2 / (2 width^2))`` on the plane.
 
     Its normalizer is closed form, ``2π [w² exp(-R²/2w²) + R w √(2π) Φ(R/w)]``, so written as
-    a base site plus a factor, ``log Z = 0``. The base is centred slightly off the origin so
-    that ``init_to_median`` does not start at the ring's centre, where ``|z|`` has no gradient.
+    a base site plus a factor, ``log Z = 0``. The base is centred at ``base_centre``, by
+    default slightly off the origin so that ``init_to_median`` does not start at the ring's
+    centre, where ``|z|`` has no gradient. That default still puts the ``init_loc_fn`` start
+    near the centre, from which a flow spreads evenly onto the circle, which a user's
+    posterior would not offer: to judge a start rule, use a ``base_centre`` outside the
+    circle too (e.g. ``(3.8, 1.5)`` for radius 3).
     """
     normalizer = (
         2
@@ -540,7 +550,7 @@ def ring_2d(name: str, radius: float, width: float, development: bool) -> Target
     )
     log_normalizer = math.log(normalizer)
     dtype = torch.get_default_dtype()
-    base_loc = torch.tensor([0.3, -0.2], dtype=dtype)
+    base_loc = torch.tensor(base_centre, dtype=dtype)
 
     def ring_model() -> None:
         base = dist.Normal(base_loc, radius + 3 * width).to_event(1)
