@@ -130,6 +130,20 @@ def test_narrowed_laplace_starts_compete_at_an_isolated_mode():
         assert f"elbo_laplace×{factor:g}" in candidates, candidates
 
 
+def test_where_the_map_is_no_mode_the_init_loc_fn_candidate_says_why(ring_model):
+    """On a ring the ``init_loc_fn`` candidate can win the start's ELBO comparison; its reason
+    must then still say that the MAP was no isolated mode, not only name the values."""
+    pyro.set_rng_seed(0)
+    guide = pyroflows.AutoIAF(ring_model)
+    guide()
+    init_loc = guide._init_loc()
+    candidates = start_module.laplace_start(guide, init_loc, torch.full_like(init_loc, 0.1), (), {})
+    fallback = candidates[-1]
+    assert fallback.method == "init_loc_fn"
+    assert "no isolated mode" in fallback.reason and "singular" in fallback.reason
+    assert all(c.details.get(start_module.NOT_AN_ISOLATED_MODE) for c in candidates)
+
+
 def test_a_failed_map_search_falls_back_with_the_reason():
     """A log density that grows without bound: L-BFGS runs off to infinity."""
 
