@@ -404,17 +404,13 @@ def _laplace_start(
                 return starts + [fallback]
             curvature = hessian.diagonal()
             not_isolated = True
+            no_mode = "the Hessian at the MAP is not positive definite, or singular"
             why = (
-                "the Hessian at the MAP is not positive definite, or singular (condition "
-                f"number at least {MAX_HESSIAN_CONDITION:g}); its diagonal is used"
+                f"{no_mode} (condition number at least {MAX_HESSIAN_CONDITION:g}); its "
+                "diagonal is used"
             )
             # a saddle or a ridge, not a mode: Gaussians along the path compete as well
-            path_starts = _path_starts(
-                negative,
-                path,
-                "the Hessian at the MAP is not positive definite, or singular",
-                init_loc.dtype,
-            )
+            path_starts = _path_starts(negative, path, no_mode, init_loc.dtype)
         else:
             path_starts = []
             curvature = _hessian_diagonal(negative, z_map)

@@ -294,7 +294,10 @@ AUTO_ANNEAL_STEPS = 500
 #: isolated mode (a singular or indefinite Hessian: a ring's circle of maxima, a ridge): on two
 #: development rings (radius 2 and width 0.3, radius 3 and width 0.2; AutoNAF, 4 seeds each)
 #: 500 steps gave KL 0.11/0.049/0.005/0.068 and 0.44/0.039/0.40/0.20, 1500 steps
-#: 0.011/0.036/0.012/0.045 and 0.45/0.076/0.41/0.16
+#: 0.011/0.036/0.012/0.045 and 0.45/0.076/0.41/0.16. Those rings put ``init_to_median`` near
+#: their centre; on the same rings with the base centred outside the circle (8 seeds each)
+#: 1500 steps still gave the lower total KL on the narrow ring (2.31 against 2.86) and the
+#: lower KL on 6 of 8 seeds of the wide one (median 0.033 against 0.024)
 AUTO_ANNEAL_STEPS_SEVERAL_MODES = 1500
 
 
