@@ -162,8 +162,9 @@ def run_target_seed(
         budget = min(max(longest, options.min_seconds), options.max_seconds)
 
     def score(run: TrainedGuide) -> dict:
-        moments = max(options.moment_samples, options.eval_samples)
-        return score_run(run, options.eval_samples, options.curve_samples, reference, moments)
+        return score_run(
+            run, options.eval_samples, options.curve_samples, reference, options.moment_samples
+        )
 
     records = []
     for run in runs:
@@ -618,6 +619,12 @@ def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
         options.targets = options.targets or QUICK_TARGETS[options.target_set]
     options.guides = options.guides or list(DEFAULT_GUIDES)
     options.peers = options.peers or list(PEERS)
+    if options.moment_samples < options.eval_samples:
+        parser.error(
+            f"--moment-samples {options.moment_samples} is below --eval-samples "
+            f"{options.eval_samples}: the moment draws include the eval draws, so pass at least "
+            f"{options.eval_samples}"
+        )
     if "zuko NSF" in options.peers and importlib.util.find_spec("zuko") is None:
         parser.error(
             "the peer 'zuko NSF' needs zuko, which is not installed: python3 -m pip install -e "

@@ -312,6 +312,14 @@ def test_a_results_file_names_the_commit_versions_and_machine_that_made_it():
     assert bench_accuracy._git_commit(Path("/")) is None or (Path("/") / ".git").exists()
 
 
+def test_fewer_moment_draws_than_eval_draws_stop_at_once(capsys):
+    with pytest.raises(SystemExit):
+        bench_accuracy.parse_options(
+            ["--targets", "banana_2", "--eval-samples", "4000", "--moment-samples", "1000"]
+        )
+    assert "--moment-samples 1000 is below --eval-samples 4000" in capsys.readouterr().err
+
+
 def test_an_update_refuses_a_file_whose_moment_errors_came_from_fewer_draws(tmp_path):
     """A file from before --moment-samples took its mean and sd errors from its eval draws:
     updating it at the new default would mix two floors of the sd error in one table."""
