@@ -248,16 +248,24 @@ def test_auto_tempering_is_longer_where_the_start_found_several_modes():
 
 def test_auto_tempering_is_longer_where_the_map_is_no_isolated_mode(ring_model):
     """A MAP search that ends where the Hessian is singular (a ring's circle of maxima) found
-    no isolated mode: every candidate start says so, and a multimodal guide tempers as long
-    as where several modes were found; a unimodal one still does not temper."""
+    no isolated mode: every candidate start says so, and a multimodal guide tempers longer
+    than where several modes were found (the same rise after a hold); a unimodal one still
+    does not temper."""
     from pyroflows.diagnostics.modes import start_found_no_isolated_mode
-    from pyroflows.infer.fit import AUTO_ANNEAL_STEPS_SEVERAL_MODES, _auto_anneal_steps
+    from pyroflows.infer.fit import (
+        ANNEAL_HOLD_FRACTION_NO_ISOLATED_MODE,
+        AUTO_ANNEAL_STEPS_NO_ISOLATED_MODE,
+        AUTO_ANNEAL_STEPS_SEVERAL_MODES,
+        _auto_anneal_steps,
+    )
 
     pyro.set_rng_seed(0)
     ring = pyroflows.AutoNAF(ring_model)
     ring()
     assert start_found_no_isolated_mode(ring), ring.start.reason
-    assert _auto_anneal_steps(ring, 20000) == AUTO_ANNEAL_STEPS_SEVERAL_MODES
+    assert _auto_anneal_steps(ring, 20000) == AUTO_ANNEAL_STEPS_NO_ISOLATED_MODE
+    rise = AUTO_ANNEAL_STEPS_NO_ISOLATED_MODE * (1 - ANNEAL_HOLD_FRACTION_NO_ISOLATED_MODE)
+    assert rise == AUTO_ANNEAL_STEPS_SEVERAL_MODES
     pyro.clear_param_store()
     unimodal = pyroflows.AutoIAF(ring_model)
     unimodal()
@@ -268,6 +276,47 @@ def test_auto_tempering_is_longer_where_the_map_is_no_isolated_mode(ring_model):
     one_mode = pyroflows.AutoNAF(problem.model)
     one_mode(*problem.args)
     assert not start_found_no_isolated_mode(one_mode)
+
+
+def test_tempering_holds_at_the_flattest_beta_only_where_the_map_is_no_isolated_mode(
+    ring_model, monkeypatch
+):
+    """From a start at no isolated mode (a ring) fit holds β at ``anneal_from`` for a quarter
+    of the tempering steps before it rises, and records the hold; where the multi-start found
+    separate modes β rises from the first step. (The β of each step is recorded from the
+    schedule fit calls; :func:`tempering_beta`'s own values are tested in test_schedule.)"""
+    from pyroflows.infer.fit import ANNEAL_HOLD_FRACTION_NO_ISOLATED_MODE
+
+    fit_module = importlib.import_module("pyroflows.infer.fit")  # the name fit is the function
+    monkeypatch.setattr(fit_module, "AUTO_ANNEAL_STEPS_SEVERAL_MODES", 12)
+    monkeypatch.setattr(fit_module, "AUTO_ANNEAL_STEPS_NO_ISOLATED_MODE", 16)
+    real_beta = fit_module.tempering_beta
+
+    def fitted_betas(model):
+        betas = []
+
+        def recorded(step, anneal_steps, anneal_from, hold_steps=0):
+            betas.append(real_beta(step, anneal_steps, anneal_from, hold_steps))
+            return betas[-1]
+
+        monkeypatch.setattr(fit_module, "tempering_beta", recorded)
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        guide = pyroflows.AutoNAF(model)
+        result = pyroflows.fit(model, guide, steps=80, progress=False, report_samples=0)
+        return result.settings["anneal_steps"], result.settings["anneal_hold"], betas
+
+    ring_steps, ring_hold, ring_betas = fitted_betas(ring_model)
+    two_modes_steps, two_modes_hold, two_modes_betas = fitted_betas(two_mode_model)
+    assert (ring_steps, two_modes_steps) == (16, 12)
+    assert ring_hold == int(16 * ANNEAL_HOLD_FRACTION_NO_ISOLATED_MODE) == 4
+    assert ring_betas[: ring_hold + 1] == [0.05] * (ring_hold + 1)
+    assert 0.05 < ring_betas[ring_hold + 1] < 1.0 and ring_betas[16:] == [1.0] * 64
+    # the same rise of 12 steps, 4 steps later
+    assert ring_betas[ring_hold:16] == pytest.approx(two_modes_betas[:12])
+    assert two_modes_hold == 0
+    assert two_modes_betas[0] == 0.05 < two_modes_betas[1]
+    assert two_modes_betas[12:] == [1.0] * 68
 
 
 def test_fit_resolves_auto_tempering_from_the_guide_it_sets_up(monkeypatch):

@@ -20,6 +20,7 @@ from pyroflows.infer.schedule import (
     Schedule,
     StoppingRule,
     pick_pilot,
+    tempering_beta,
 )
 
 
@@ -64,6 +65,22 @@ def test_each_stall_divides_the_rate_until_the_floor_then_the_final_decay_starts
     at_floor.stalled_at(1000, 20000)  # 3e-3 -> 1e-3: exactly the floor is allowed
     at_floor.stalled_at(1300, 20000)
     assert at_floor.step_downs == [1000] and at_floor.decay_start == 1300
+
+
+def test_tempering_holds_then_rises_linearly_to_one():
+    """β is ``anneal_from`` through the hold (and the first step of the rise), then rises by
+    equal steps to exactly 1 after ``anneal_steps`` steps; no hold is the plain linear rise, and
+    no tempering is β = 1 throughout."""
+    betas = [tempering_beta(t, 10, 0.05, hold_steps=4) for t in range(1, 14)]
+    assert betas[:5] == [0.05] * 5
+    rises = np.diff(betas[4:11])
+    assert rises == pytest.approx(np.full(6, 0.95 / 6))
+    assert betas[10:] == [1.0, 1.0, 1.0]
+    linear = [tempering_beta(t, 10, 0.05) for t in range(1, 12)]
+    assert linear == pytest.approx([0.05 + 0.095 * k for k in range(11)])
+    assert tempering_beta(1, 0, 0.05) == 1.0
+    with pytest.raises(ValueError, match="hold_steps must be at least 0 and below"):
+        tempering_beta(1, 10, 0.05, hold_steps=10)
 
 
 def test_stopping_rule_on_noise_and_on_a_descent():

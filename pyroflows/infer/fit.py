@@ -68,6 +68,7 @@ from pyroflows.infer.schedule import (
     Schedule,
     StoppingRule,
     pick_pilot,
+    tempering_beta,
 )
 
 __all__ = ["FitResult", "NonFiniteLossError", "fit"]
@@ -290,15 +291,34 @@ AUTO_ANNEAL_STEPS = 500
 #: ... and such a guide whose multi-start MAP found several modes (``guide.start``): 500 steps
 #: of β rising from 0.05 to 1 keep both modes of the equal-weight development target but lose
 #: the light one of the 0.25/0.75 target (AutoNAF, 4 seeds of 4, KL 0.29 = -log 0.75); 1500
-#: keep both on all 8 fits (KL 0.08-0.20 and 0.01-0.03). Also where the MAP search ended at no
-#: isolated mode (a singular or indefinite Hessian: a ring's circle of maxima, a ridge): on two
-#: development rings (radius 2 and width 0.3, radius 3 and width 0.2; AutoNAF, 4 seeds each)
-#: 500 steps gave KL 0.11/0.049/0.005/0.068 and 0.44/0.039/0.40/0.20, 1500 steps
-#: 0.011/0.036/0.012/0.045 and 0.45/0.076/0.41/0.16. Those rings put ``init_to_median`` near
-#: their centre; on the same rings with the base centred outside the circle (8 seeds each)
-#: 1500 steps still gave the lower total KL on the narrow ring (2.31 against 2.86) and the
-#: lower KL on 6 of 8 seeds of the wide one (median 0.033 against 0.024)
+#: keep both on all 8 fits (KL 0.08-0.20 and 0.01-0.03)
 AUTO_ANNEAL_STEPS_SEVERAL_MODES = 1500
+#: ... and such a guide whose MAP search ended at no isolated mode (a singular or indefinite
+#: Hessian: a ring's circle of maxima, a ridge): the same 1500 steps of rise, after a hold of
+#: 500 at ``anneal_from`` (:data:`ANNEAL_HOLD_FRACTION_NO_ISOLATED_MODE`). The 1500 were chosen
+#: against 500 on two development rings (radius 2 and width 0.3, radius 3 and width 0.2;
+#: AutoNAF, 4 seeds each: KL 0.11/0.049/0.005/0.068 and 0.44/0.039/0.40/0.20 with 500 steps,
+#: 0.011/0.036/0.012/0.045 and 0.45/0.076/0.41/0.16 with 1500); those rings put
+#: ``init_to_median`` near their centre, and on the same rings with the base centred outside
+#: the circle (8 seeds each) 1500 still gave the lower total KL on the narrow ring (2.31
+#: against 2.86) and the lower KL on 6 of 8 seeds of the wide one
+AUTO_ANNEAL_STEPS_NO_ISOLATED_MODE = 2000
+#: where the MAP search ended at no isolated mode, β stays at ``anneal_from`` for this fraction
+#: of the tempering steps before it rises. Such a start is a narrow Gaussian at one point of a
+#: continuum of maxima (a ring's circle), and the flattened ``p^β`` has to be covered before it
+#: sharpens: held at β = 0.05, AutoNAF from that start took about 400 steps to spread evenly
+#: round a development ring (radius 3, width 0.2, base centred outside the circle), by which
+#: time a linear rise over 1500 steps is at β ≈ 0.3; on 5 of 8 seeds that fit ended as an arc
+#: with about a quarter of the circle missing (KL 0.37-0.46). With 500 steps held before the
+#: same rise, on that ring (16 seeds) the median KL went 0.375 → 0.034 and the seeds above 0.2
+#: from 12 to 2 (0.28, 0.41); on the wide ring (radius 2, width 0.3; 8 seeds) it stayed at
+#: 0.033, on a narrower one (radius 1.5, width 0.15; 8 seeds) 0.030 → 0.026; AutoNSF on the
+#: first (4 seeds) went 0.35-1.21 → 0.11-0.61. A third held before a rise of 1000 steps did
+#: about as well (median 0.047, two seeds at 0.43 and 0.59). Where the multi-start found
+#: separate modes the start
+#: already holds them, and the hold cost there (``bimodal_2``, AutoNAF, 6 seeds: KL
+#: 0.010-0.017 → 0.011-0.042), so it is used only at no isolated mode
+ANNEAL_HOLD_FRACTION_NO_ISOLATED_MODE = 1 / 4
 
 
 def _auto_anneal_steps(guide, run_steps: int) -> int:
@@ -307,9 +327,22 @@ def _auto_anneal_steps(guide, run_steps: int) -> int:
     ``max_steps``)."""
     if not getattr(guide, "multimodal", False):
         return 0
-    several_modes = len(guide_modes(guide)) > 1 or start_found_no_isolated_mode(guide)
-    steps = AUTO_ANNEAL_STEPS_SEVERAL_MODES if several_modes else AUTO_ANNEAL_STEPS
+    if start_found_no_isolated_mode(guide):
+        steps = AUTO_ANNEAL_STEPS_NO_ISOLATED_MODE
+    elif len(guide_modes(guide)) > 1:
+        steps = AUTO_ANNEAL_STEPS_SEVERAL_MODES
+    else:
+        steps = AUTO_ANNEAL_STEPS
     return min(steps, run_steps // 4)
+
+
+def _anneal_hold_steps(guide, anneal_steps: int) -> int:
+    """The steps of tempering held at ``anneal_from`` before β rises (see
+    :data:`ANNEAL_HOLD_FRACTION_NO_ISOLATED_MODE`): a fraction of ``anneal_steps`` where the
+    guide's start found no isolated mode, none elsewhere."""
+    if anneal_steps <= 0 or not start_found_no_isolated_mode(guide):
+        return 0
+    return int(anneal_steps * ANNEAL_HOLD_FRACTION_NO_ISOLATED_MODE)
 
 
 def _resumed_settings(resume, given: dict, guide, checkpoint_state) -> dict:
@@ -397,9 +430,14 @@ def fit(
     * ``anneal_steps="auto"``: 500 steps of tempering (below) for guides that can represent
       several modes (``guide.multimodal``: NAF and spline flows), 1500 where the guide's
       multi-start MAP found several modes (500 lost the light mode of a 0.25/0.75 development
-      mixture on 4 seeds of 4, 1500 on none: :data:`AUTO_ANNEAL_STEPS_SEVERAL_MODES`) or its
-      MAP search ended at no isolated mode (a singular or indefinite Hessian: a ring's circle of
-      maxima), at most a quarter of ``steps`` (or of ``max_steps``); none for the others.
+      mixture on 4 seeds of 4, 1500 on none: :data:`AUTO_ANNEAL_STEPS_SEVERAL_MODES`), 2000
+      where its MAP search ended at no isolated mode (a singular or indefinite Hessian: a
+      ring's circle of maxima): there ``β`` stays at ``anneal_from`` for the first quarter of
+      the tempering steps (given or auto) before it rises
+      (:data:`ANNEAL_HOLD_FRACTION_NO_ISOLATED_MODE`; ``settings["anneal_hold"]``), since the
+      guide, a narrow Gaussian at one point of the circle, must first spread over the whole
+      flattened ``p^β``. At most a quarter of ``steps`` (or of ``max_steps``); none for the
+      others;
     * a non-finite loss or gradient after the first step is not applied: the step is retried
       with fresh draws at a learning rate ``NONFINITE_BACKOFF_FACTOR`` (3) times smaller, at
       most ``NONFINITE_BACKOFFS`` (3) times per fit (``settings["lr_backoffs"]`` lists them),
@@ -469,7 +507,9 @@ def fit(
 
     Annealing (Rezende & Mohamed 2015): with ``anneal_steps > 0`` the model's log density is
     multiplied by ``β`` rising linearly from ``anneal_from`` to 1 over the first
-    ``anneal_steps`` steps, so the guide first fits the flattened ``p^β`` and follows it as it
+    ``anneal_steps`` steps (after a hold at ``anneal_from`` where the start found no isolated
+    mode, above; :func:`~pyroflows.infer.schedule.tempering_beta`), so the guide first fits the
+    flattened ``p^β`` and follows it as it
     sharpens; this lets a flexible guide (AutoNAF) keep every mode of a multimodal posterior
     that plain reverse-KL fitting would drop. The history of those steps is the tempered loss.
 
@@ -521,8 +561,10 @@ def fit(
         "gradients": gradients,
     }
     schedule_state = None
+    anneal_hold = None  # resolved with anneal_steps, once the guide is set up
     if resume is not None:
         previous = _resumed_settings(resume, given, guide, checkpoint_state)
+        anneal_hold = previous.get("anneal_hold", 0)  # runs saved before the hold held none
         lr, num_particles = previous["lr"], previous["num_particles"]
         vectorize_particles = previous["vectorize_particles"]
         lr_decay, clip_norm = previous["lr_decay"], previous["clip_norm"]
@@ -646,6 +688,8 @@ def fit(
     nesting = max_plate_nesting(model, guide, *args, **kwargs)
     if auto_anneal:
         anneal_steps = _auto_anneal_steps(guide, max_steps if auto_steps else steps)
+    if anneal_hold is None:
+        anneal_hold = _anneal_hold_steps(guide, anneal_steps)
     sticking_the_landing = _uses_sticking_the_landing(gradients, guide, elbo)
     gradients = "stl" if sticking_the_landing else "reparameterized"
     warned_slow = False
@@ -731,6 +775,7 @@ def fit(
         "gradients": gradients,
         "anneal_steps": anneal_steps,
         "anneal_from": anneal_from,
+        "anneal_hold": anneal_hold,
         "pilot": pilots,
         "guide_class": type(guide).__name__,
         "guide": guide.settings() if hasattr(guide, "settings") else type(guide).__name__,
@@ -796,8 +841,7 @@ def fit(
         while step < run_steps:
             step += 1
             if anneal_steps and "tempering_ended" not in settings:
-                progress_fraction = min(1.0, (step - 1) / anneal_steps)
-                temperature["beta"] = anneal_from + (1.0 - anneal_from) * progress_fraction
+                temperature["beta"] = tempering_beta(step, anneal_steps, anneal_from, anneal_hold)
             param_capture = poutine.trace(param_only=True)
             validation_error = None
             stop.in_loss = True

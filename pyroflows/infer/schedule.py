@@ -46,6 +46,7 @@ __all__ = [
     "Schedule",
     "StoppingRule",
     "pick_pilot",
+    "tempering_beta",
 ]
 
 #: the step sizes the pilot runs try (in the whitened coordinates of the guide's start)
@@ -216,3 +217,29 @@ def pick_pilot(scores: list[tuple[float, float, float]]) -> int:
     if best is None:
         raise FloatingPointError("every pilot run of the step size diverged")
     return best
+
+
+def tempering_beta(step: int, anneal_steps: int, anneal_from: float, hold_steps: int = 0) -> float:
+    r"""The tempering exponent ``β`` of ``step`` (1-based): ``anneal_from`` for the first
+    ``hold_steps`` steps, then rising linearly to 1, which it reaches after step
+    ``anneal_steps``; 1 from there on (and always, where ``anneal_steps`` is 0).
+
+    .. math::
+
+        β_t = a + (1 - a) \min\bigl(1, \max(0, (t - 1 - h) / (n - h))\bigr)
+
+    with ``a = anneal_from``, ``h = hold_steps < n = anneal_steps``.
+
+    Example:
+        >>> [round(tempering_beta(t, 4, 0.2, hold_steps=2), 2) for t in range(1, 7)]
+        [0.2, 0.2, 0.2, 0.6, 1.0, 1.0]
+    """
+    if anneal_steps <= 0:
+        return 1.0
+    if not 0 <= hold_steps < anneal_steps:
+        raise ValueError(
+            f"hold_steps must be at least 0 and below anneal_steps ({anneal_steps}), got "
+            f"{hold_steps}"
+        )
+    rising = (step - 1 - hold_steps) / (anneal_steps - hold_steps)
+    return anneal_from + (1.0 - anneal_from) * min(1.0, max(0.0, rising))
