@@ -998,6 +998,20 @@ TARGETS: dict[str, TargetSpec] = {
             (("intercept", ()), ("coef", (5,))),
             "synthetic_logistic.npz",
         ),
+        # rings whose base is centred outside the circle, so that init_to_median does not
+        # start near the centre (see ring_2d): the tempering's hold was chosen on these
+        _spec(
+            "ring_narrow_offcentre",
+            lambda n: ring_2d(n, radius=3.0, width=0.2, development=True, base_centre=(3.8, 1.5)),
+            True,
+            (("z", (2,)),),
+        ),
+        _spec(
+            "ring_wide_offcentre",
+            lambda n: ring_2d(n, radius=2.0, width=0.3, development=True, base_centre=(-1.2, 2.9)),
+            True,
+            (("z", (2,)),),
+        ),
     ]
 }
 
