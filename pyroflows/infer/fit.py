@@ -436,8 +436,8 @@ def fit(
       the tempering steps (given or auto) before it rises
       (:data:`ANNEAL_HOLD_FRACTION_NO_ISOLATED_MODE`; ``settings["anneal_hold"]``), since the
       guide, a narrow Gaussian at one point of the circle, must first spread over the whole
-      flattened ``p^β``. At most a quarter of ``steps`` (or of ``max_steps``); none for the
-      others;
+      flattened ``p^β``. At most a quarter of ``steps`` (or of ``max_steps``). The other
+      guides (unimodal ones) are not tempered;
     * a non-finite loss or gradient after the first step is not applied: the step is retried
       with fresh draws at a learning rate ``NONFINITE_BACKOFF_FACTOR`` (3) times smaller, at
       most ``NONFINITE_BACKOFFS`` (3) times per fit (``settings["lr_backoffs"]`` lists them),
