@@ -319,6 +319,61 @@ def test_tempering_holds_at_the_flattest_beta_only_where_the_map_is_no_isolated_
     assert two_modes_betas[12:] == [1.0] * 68
 
 
+def test_a_resumed_fit_keeps_its_hold_and_one_saved_before_the_hold_rises_at_once(
+    ring_model, monkeypatch
+):
+    """A ring fit interrupted during its hold (Ctrl-C in step 3 of 16 tempering steps, 4
+    held) resumes still held until step 5; a result saved before the hold existed (no
+    ``anneal_hold`` in its settings) resumes on the plain linear rise it was started with."""
+    fit_module = importlib.import_module("pyroflows.infer.fit")
+    real_beta = fit_module.tempering_beta
+    betas: list[tuple[int, float]] = []
+
+    def recorded(step, anneal_steps, anneal_from, hold_steps=0):
+        betas.append((step, real_beta(step, anneal_steps, anneal_from, hold_steps)))
+        return betas[-1][1]
+
+    monkeypatch.setattr(fit_module, "tempering_beta", recorded)
+    armed = {"interrupt": True}
+
+    def model():
+        if armed["interrupt"] and len(betas) == 3:  # in step 3's loss
+            armed["interrupt"] = False
+            raise KeyboardInterrupt
+        ring_model()
+
+    def interrupted_fit():
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        betas.clear()
+        armed["interrupt"] = True
+        guide = pyroflows.AutoNAF(model)
+        result = pyroflows.fit(
+            model, guide, steps=40, anneal_steps=16, progress=False, report_samples=0
+        )
+        assert result.interrupted and result.steps == 2
+        return result
+
+    def resumed_betas(partial):
+        betas.clear()
+        pyroflows.fit(model, partial.guide, resume=partial, progress=False, report_samples=0)
+        return betas[:4]
+
+    partial = interrupted_fit()
+    assert partial.settings["anneal_hold"] == 4
+    assert resumed_betas(partial) == [
+        (3, 0.05),
+        (4, 0.05),
+        (5, 0.05),
+        (6, real_beta(6, 16, 0.05, 4)),
+    ]
+    assert real_beta(6, 16, 0.05, 4) > 0.05
+    partial = interrupted_fit()
+    del partial.settings["anneal_hold"]
+    assert resumed_betas(partial) == [(step, real_beta(step, 16, 0.05)) for step in range(3, 7)]
+    assert real_beta(3, 16, 0.05) > 0.05
+
+
 def test_fit_resolves_auto_tempering_from_the_guide_it_sets_up(monkeypatch):
     """fit decides on the tempering after it has set the guide up (a fresh guide has no
     start before): a fresh AutoNAF on the two-mode model gets the several-modes length (made
