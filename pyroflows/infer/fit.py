@@ -315,9 +315,9 @@ AUTO_ANNEAL_STEPS_NO_ISOLATED_MODE = 2000
 #: 0.033, on a narrower one (radius 1.5, width 0.15; 8 seeds) 0.030 → 0.026; AutoNSF on the
 #: first (4 seeds) went 0.35-1.21 → 0.11-0.61. A third held before a rise of 1000 steps did
 #: about as well (median 0.047, two seeds at 0.43 and 0.59). Where the multi-start found
-#: separate modes the start
-#: already holds them, and the hold cost there (``bimodal_2``, AutoNAF, 6 seeds: KL
-#: 0.010-0.017 → 0.011-0.042), so it is used only at no isolated mode
+#: separate modes the start already holds them, and the hold cost there (``bimodal_2``,
+#: AutoNAF, 6 seeds: KL 0.010-0.017 → 0.011-0.042), so it is used only at no isolated mode.
+#: ``benchmarks/bench_ring_tempering.py`` reruns the comparison on the two development rings
 ANNEAL_HOLD_FRACTION_NO_ISOLATED_MODE = 1 / 4
 
 

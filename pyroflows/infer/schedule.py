@@ -27,6 +27,9 @@ choose the step size.
   while the free energy was still falling is reported as not converged.
 * **Fixed steps** (``steps=N``): the learning rate decays geometrically from ``lr`` to
   ``lr · lr_decay`` over the ``N`` steps, ``lr_t = lr · lr_decay^((t - 1) / N)``.
+* **Tempering** (``anneal_steps``, :func:`tempering_beta`): the model's log density is
+  multiplied by ``β``, which rises linearly from ``anneal_from`` to 1, after a hold at
+  ``anneal_from`` where ``fit`` asks for one (a start at no isolated mode).
 """
 
 from __future__ import annotations
@@ -220,9 +223,10 @@ def pick_pilot(scores: list[tuple[float, float, float]]) -> int:
 
 
 def tempering_beta(step: int, anneal_steps: int, anneal_from: float, hold_steps: int = 0) -> float:
-    r"""The tempering exponent ``β`` of ``step`` (1-based): ``anneal_from`` for the first
-    ``hold_steps`` steps, then rising linearly to 1, which it reaches after step
-    ``anneal_steps``; 1 from there on (and always, where ``anneal_steps`` is 0).
+    r"""The tempering exponent ``β`` of ``step`` (1-based): ``anneal_from`` up to step
+    ``hold_steps + 1``, then rising by equal steps to 1, which it reaches at step
+    ``anneal_steps + 1`` and keeps (1 throughout where ``anneal_steps`` is 0). ``fit``
+    multiplies the model's log density by it.
 
     .. math::
 
