@@ -293,16 +293,6 @@ AUTO_ANNEAL_STEPS = 500
 #: the light one of the 0.25/0.75 target (AutoNAF, 4 seeds of 4, KL 0.29 = -log 0.75); 1500
 #: keep both on all 8 fits (KL 0.08-0.20 and 0.01-0.03)
 AUTO_ANNEAL_STEPS_SEVERAL_MODES = 1500
-#: ... and such a guide whose MAP search ended at no isolated mode (a singular or indefinite
-#: Hessian: a ring's circle of maxima, a ridge): the same 1500 steps of rise, after a hold of
-#: 500 at ``anneal_from`` (:data:`ANNEAL_HOLD_FRACTION_NO_ISOLATED_MODE`). The 1500 were chosen
-#: against 500 on two development rings (radius 2 and width 0.3, radius 3 and width 0.2;
-#: AutoNAF, 4 seeds each: KL 0.11/0.049/0.005/0.068 and 0.44/0.039/0.40/0.20 with 500 steps,
-#: 0.011/0.036/0.012/0.045 and 0.45/0.076/0.41/0.16 with 1500); those rings put
-#: ``init_to_median`` near their centre, and on the same rings with the base centred outside
-#: the circle (8 seeds each) 1500 still gave the lower total KL on the narrow ring (2.31
-#: against 2.86) and the lower KL on 6 of 8 seeds of the wide one
-AUTO_ANNEAL_STEPS_NO_ISOLATED_MODE = 2000
 #: where the MAP search ended at no isolated mode, β stays at ``anneal_from`` for this fraction
 #: of the tempering steps before it rises. Such a start is a narrow Gaussian at one point of a
 #: continuum of maxima (a ring's circle), and the flattened ``p^β`` has to be covered before it
@@ -319,6 +309,18 @@ AUTO_ANNEAL_STEPS_NO_ISOLATED_MODE = 2000
 #: AutoNAF, 6 seeds: KL 0.010-0.017 → 0.011-0.042), so it is used only at no isolated mode.
 #: ``benchmarks/bench_ring_tempering.py`` reruns the comparison on the two development rings
 ANNEAL_HOLD_FRACTION_NO_ISOLATED_MODE = 1 / 4
+#: the automatic tempering of a multimodal guide whose MAP search ended at no isolated mode (a
+#: singular or indefinite Hessian: a ring's circle of maxima): the same 1500 steps of rise,
+#: after a hold of 500 at ``anneal_from`` (the fraction above), 2000 in all. The 1500 were
+#: chosen against 500 on two development rings (radius 2 and width 0.3, radius 3 and width 0.2;
+#: AutoNAF, 4 seeds each: KL 0.11/0.049/0.005/0.068 and 0.44/0.039/0.40/0.20 with 500 steps,
+#: 0.011/0.036/0.012/0.045 and 0.45/0.076/0.41/0.16 with 1500); those rings put
+#: ``init_to_median`` near their centre, and on the same rings with the base centred outside
+#: the circle (8 seeds each) 1500 still gave the lower total KL on the narrow ring (2.31
+#: against 2.86) and the lower KL on 6 of 8 seeds of the wide one
+AUTO_ANNEAL_STEPS_NO_ISOLATED_MODE = round(
+    AUTO_ANNEAL_STEPS_SEVERAL_MODES / (1 - ANNEAL_HOLD_FRACTION_NO_ISOLATED_MODE)
+)
 
 
 def _auto_anneal_steps(guide, run_steps: int) -> int:
